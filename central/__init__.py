@@ -1,0 +1,1 @@
+"""Siaga central coordinator (fleet view, incidents, commands). Built in later issues."""
