@@ -121,6 +121,7 @@ class Controller:
         self.run_duration_s = 0.0
         self.starts: list[float] = []  # monotonic times of start sequences in the last hour
         self.fsd = False
+        self.chatter_hold = False  # latched by mains_chatter; cleared once mains stayed stable
         self.counters: dict[str, float] = {
             "starts": 0.0, "run_s": 0.0, "crank_failures": 0.0, "fail_to_start": 0.0,
             "last_exercise_wall": 0.0, "last_run_end_wall": 0.0, "service_base_run_s": 0.0,
@@ -168,7 +169,7 @@ class Controller:
         counters = dict(self.counters, run_s=self.run_s_total(now))
         return {
             "v": 1, "mode": self.mode.value, "state": self.state.value, "reason": self.reason.value,
-            "attempt": self.attempt, "fsd": self.fsd, "alarms": self.alarms.snapshot(),
+            "attempt": self.attempt, "fsd": self.fsd, "chatter_hold": self.chatter_hold, "alarms": self.alarms.snapshot(),
             "counters": counters, "outputs": dict(self.outputs),
             "run": {"on_load": self.run_on_load, "duration_s": self.run_duration_s},
         }
@@ -199,6 +200,7 @@ class Controller:
         c.alarms = AlarmBook.from_snapshot(snap.get("alarms"))
         c.counters.update({k: float(v) for k, v in (snap.get("counters") or {}).items()})
         c.fsd = bool(snap.get("fsd", False))
+        c.chatter_hold = bool(snap.get("chatter_hold", False))
         c.inputs.update({k: v for k, v in inputs.items() if k in c.inputs})
         run = snap.get("run") or {}
         c.run_on_load, c.run_duration_s = bool(run.get("on_load")), float(run.get("duration_s", 0.0))
@@ -306,7 +308,7 @@ class Controller:
     def _ups_alarms(self, fx: list[Effect]) -> None:
         u = self.ups
         assert u is not None
-        fx += self.alarms.set("ups_on_battery", u.on_battery, f"runtime {u.runtime_s}s")
+        fx += self.alarms.set("ups_on_battery", u.on_battery, "" if u.runtime_s is None else f"runtime {u.runtime_s:.0f}s")
         fx += self.alarms.set("ups_low_battery", u.on_battery and u.low_battery)
         fx += self.alarms.set("ups_fault", u.fault)
         fx += self.alarms.set("ups_battery_replace", u.replace_battery)
@@ -490,6 +492,7 @@ class Controller:
             if mains is not True:
                 return self._go("mains_dip", State.ON_GENERATOR, now, fx, "mains dipped: return delay restarts")
             if self._expired("state", now):
+                self.chatter_hold = False  # mains held for the whole (hold) delay
                 return self._go("mains_stable", State.COOLING_DOWN, now, fx, "mains stable", s.cool_down_s)
             return False
         if st in (State.COOLING_DOWN, State.STOPPING):
@@ -611,7 +614,7 @@ class Controller:
         delay = self.s.mains_return_delay_s
         if self.run_started_at is not None:
             delay = max(delay, self.run_started_at + self.s.min_run_s - now)
-        if self.alarms.is_active("mains_chatter"):
+        if self.chatter_hold:
             delay = max(delay, self.s.chatter_hold_s)
         return delay
 
@@ -623,7 +626,7 @@ class Controller:
         # runtime under the margin. fsd_lead_s keeps the margin true by the time it is acted on.
         below = bool(u and u.on_battery and u.runtime_s is not None and u.runtime_s < s.runtime_margin_s + s.fsd_lead_s)
         need = below or bool(u and u.on_battery and u.low_battery and s.fsd_on_low_battery)
-        fx += self.alarms.set("ups_runtime_below_margin", below, f"runtime {u.runtime_s if u else None}s")
+        fx += self.alarms.set("ups_runtime_below_margin", below, f"runtime {u.runtime_s:.0f}s" if below and u and u.runtime_s is not None else "")
         if need and not self.fsd:
             self.fsd = True
             self.timers.pop("fsd_clear", None)
@@ -643,6 +646,7 @@ class Controller:
         recent = self._recent_starts(now)
         chatter = len(recent) >= s.max_starts_per_hour
         fx += self.alarms.set("mains_chatter", chatter, f"{len(recent)} starts in the last hour")
+        self.chatter_hold = self.chatter_hold or chatter
         if recent:
             self.timers["chatter"] = recent[0] + HOUR_S
         else:

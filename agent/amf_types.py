@@ -129,7 +129,7 @@ class Settings:
     chatter_hold_s: float = 1800.0  # after chatter, mains must be stable this long to stop
     low_fuel_shutdown: bool = False
     service_interval_h: float = 250.0
-    ups_critical_runtime_s: float = 300.0  # below this on battery: start now, skip warm-up
+    ups_critical_runtime_s: float = 900.0  # below this on battery: start now, skip warm-up (keep above runtime_margin_s)
     runtime_margin_s: float = 600.0  # FSD when the UPS runtime falls under this (plus lead)
     fsd_lead_s: float = 2.0  # extra, normally two UPS poll intervals, so the margin still holds
     fsd_on_low_battery: bool = True

@@ -1,0 +1,559 @@
+"""Site configuration: the one schema for everything an agent is told about its site.
+
+Pydantic models, each forbidding unknown keys, with units in every name (``_s``, ``_v``,
+``_pct``, ``_h``, ``_days``), loaded from YAML. Problems are reported as
+``FILE:LINE: path: message``: pydantic knows only the path of an error, so ``_index`` maps each
+key's path to its YAML line, falling back to the nearest existing parent for a missing key.
+
+The YAML dialect differs from PyYAML's YAML 1.1 in two ways: only true/false are booleans (so
+``contact: NO`` stays a string, as in YAML 1.2), and a duplicate key is an error rather than
+silently winning. Relative paths are used as given (relative to the agent's working directory).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import sys
+import types
+import typing
+import zoneinfo
+from dataclasses import dataclass
+from typing import TypeVar
+from typing import Annotated, Literal, TextIO
+
+import yaml
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
+
+from agent import amf
+
+M = TypeVar("M", bound=BaseModel)
+_AMF = amf.Settings()  # defaults come from the controller, so the two can never drift apart
+_EX = amf.ExerciseSettings()
+
+Seconds = Annotated[float, Field(ge=0)]
+BcmPin = Annotated[int, Field(ge=0, le=27)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IpAddress = Annotated[str, AfterValidator(lambda v: str(ipaddress.ip_address(v)))]
+
+
+class _Model(BaseModel):
+    """Base of every config model: unknown keys and inf/nan are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SiteInfo(_Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{1,62}$")  # MQTT username and topic segment
+    name: str = Field(min_length=1)
+    region: str
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    timezone: str = "Asia/Jakarta"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except Exception:  # ZoneInfoNotFoundError, ValueError (bad key), OSError (odd names)
+            raise ValueError("not a known IANA time zone (e.g. Asia/Jakarta, Asia/Makassar)")
+        return v
+
+
+class InputPin(_Model):  # default wiring: an opto pulls the pin to GND when active
+    pin: BcmPin
+    pull: Literal["up", "down", "none"] = "up"
+    active_low: bool = True
+    bounce_s: Seconds = 0.0  # edge-storm guard only; the controller does its own timing
+
+
+class Inputs(_Model):
+    mains: InputPin  # active = mains present (utility side of the transfer switch)
+    gen_running: InputPin | None = None  # generator AC output present
+    engine_running: InputPin | None = None  # oil pressure / D+: second crank-disconnect signal
+    e_stop: InputPin | None = None  # active = pressed
+    low_fuel: InputPin | None = None
+    gen_not_in_auto: InputPin | None = None
+
+
+class OutputPin(_Model):
+    """One relay. ``contact`` is the relay contact the genset is wired to: with ``NC`` the
+    logical "on" is the coil de-energised, so a dead Pi means "on" (the per-site fail-safe
+    choice: e.g. a start contact on NC runs the genset whenever the Pi is down)."""
+
+    pin: BcmPin
+    active_high: bool = False  # most relay boards energise the coil on a LOW pin
+    contact: Literal["NO", "NC"] = "NO"
+
+
+class Outputs(_Model):
+    start: OutputPin  # two-wire run contact, or fuel/run relay in the crank profile
+    crank: OutputPin | None = None
+    preheat: OutputPin | None = None
+    transfer: OutputPin | None = None  # closed = load to generator
+    alarm: OutputPin | None = None
+
+
+class GpioConfig(_Model):
+    pin_factory: Literal["lgpio", "mock"] = "lgpio"
+    resample_interval_s: float = Field(5.0, gt=0)  # re-read every level: edges are only hints
+    inputs: Inputs
+    outputs: Outputs
+
+
+class UpsConfig(_Model):
+    enabled: bool = True
+    port: str = Field("/dev/ttyUSB0", min_length=1)  # device path or pyserial URL
+    protocol: Literal["megatec", "apcsmart", "auto"] = "megatec"
+    baudrate: int = Field(2400, gt=0)
+    poll_interval_s: float = Field(1.0, ge=0.2)
+    stale_after_failures: int = Field(3, ge=1)
+    critical_runtime_s: Seconds = _AMF.ups_critical_runtime_s
+    nominal_runtime_s: float = Field(1800.0, gt=0)  # runtime at nominal_load_pct
+    nominal_load_pct: float = Field(50.0, gt=0, le=100)
+    battery_voltage_low_v: float | None = Field(None, gt=0)  # span for charge-from-voltage
+    battery_voltage_high_v: float | None = Field(None, gt=0)
+    ratings_interval_s: float = Field(3600.0, gt=0)
+
+
+class Timers(_Model):  # names and defaults are those of amf.Settings
+    mains_fail_delay_s: Seconds = _AMF.mains_fail_delay_s
+    start_delay_s: Seconds = _AMF.start_delay_s
+    crank_time_s: float = Field(_AMF.crank_time_s, gt=0, le=amf.CRANK_TIME_HARD_CAP_S)
+    crank_rest_s: Seconds = _AMF.crank_rest_s
+    crank_attempts: int = Field(_AMF.crank_attempts, ge=1, le=10)
+    preheat_s: Seconds = _AMF.preheat_s
+    safety_on_delay_s: Seconds = _AMF.safety_on_delay_s
+    warm_up_s: Seconds = _AMF.warm_up_s
+    # 0 would declare every start failed at once (and lock the genset out): must be > 0.
+    gen_ready_timeout_s: float = Field(_AMF.gen_ready_timeout_s, gt=0)
+    assumed_start_s: Seconds = _AMF.assumed_start_s
+    mains_return_delay_s: Seconds = _AMF.mains_return_delay_s
+    cool_down_s: Seconds = _AMF.cool_down_s
+    fail_to_stop_s: Seconds = _AMF.fail_to_stop_s
+    min_run_s: Seconds = _AMF.min_run_s
+    max_run_alarm_s: Seconds = _AMF.max_run_alarm_s
+    starter_lockout_s: Seconds = _AMF.starter_lockout_s
+
+
+class ExerciseConfig(_Model):
+    enabled: bool = _EX.enabled
+    interval_days: float = Field(_EX.interval_days, gt=0)
+    hour_local: int = Field(_EX.hour_local, ge=0, le=23)
+    weekday: Annotated[int, Field(ge=0, le=6)] | None = _EX.weekday  # 0 = Monday
+    duration_s: float = Field(_EX.duration_s, gt=0)
+    on_load: bool = _EX.on_load
+    skip_if_ran_within_days: float = Field(_EX.skip_if_ran_within_days, ge=0)
+
+
+class GeneratorConfig(_Model):
+    profile: amf.Profile = amf.Profile.TWO_WIRE
+    running_confirmation: amf.Confirm = amf.Confirm.GEN_SENSE
+    timers: Timers = Field(default_factory=Timers)
+    max_starts_per_hour: int = Field(_AMF.max_starts_per_hour, ge=1)
+    chatter_hold_s: Seconds = _AMF.chatter_hold_s
+    low_fuel_shutdown: bool = _AMF.low_fuel_shutdown
+    service_interval_h: float = Field(_AMF.service_interval_h, gt=0)
+    sensor_disagree_s: Seconds = _AMF.sensor_disagree_s
+    alarm_output_on_unacked: bool = _AMF.alarm_output_on_unacked
+    exercise: ExerciseConfig = Field(default_factory=ExerciseConfig)
+
+
+class ShutdownConfig(_Model):
+    runtime_margin_s: Seconds = _AMF.runtime_margin_s
+    on_low_battery: bool = _AMF.fsd_on_low_battery
+    fsd_clear_after_s: Seconds = _AMF.fsd_clear_after_s
+    max_client_wait_s: Seconds = 180.0
+    ups_shutdown_with_return: bool = True
+    # Megatec S<n>: n = .2-.9 or 01-10 minutes, so 12..600 s (rounded to what S<n> can say).
+    ups_off_delay_s: float = Field(120.0, ge=12, le=600)
+    ups_return_delay_s: float = Field(60.0, ge=0, le=9999 * 60)  # R<mmmm>: up to 9999 minutes
+    test_client: str | None = None
+
+
+class TlsConfig(_Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False  # skip server certificate checks (testing only)
+
+
+class MqttConfig(_Model):
+    enabled: bool = False
+    host: str = Field("localhost", min_length=1)
+    port: Port = 8883
+    tls: TlsConfig | None = None
+    username: str | None = None  # None: the site id
+    password_file: str | None = None
+    keepalive_s: float = Field(30.0, gt=0)
+    session_expiry_s: Seconds = 7 * 86400.0
+    telemetry_interval_s: float = Field(60.0, gt=0)
+    outbox_max_rows: int = Field(1_000_000, ge=1)
+    home_assistant_discovery: bool = False
+
+
+HASH_PREFIXES = ("scrypt$", "pbkdf2_sha256$")
+
+
+class NutUser(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")
+    password_hash: str
+    role: Literal["primary", "secondary", "readonly"]
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hashed(cls, v: str) -> str:
+        if not v.startswith(HASH_PREFIXES) or v.endswith("$"):  # never echo v: a password?
+            raise ValueError("must be a password hash (scrypt$... or pbkdf2_sha256$...), not the "
+                             "password itself: this looks like plain text")
+        return v
+
+
+class NutConfig(_Model):
+    enabled: bool = True
+    listen: list[IpAddress] = Field(default_factory=lambda: ["127.0.0.1"])
+    port: Port = 3493
+    ups_name: str = Field("ups", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    users: list[NutUser] = Field(default_factory=list)
+    max_connections: int = Field(64, ge=1)
+    idle_timeout_s: float = Field(300.0, gt=0)
+    max_line_bytes: int = Field(512, ge=64)
+    instcmds_allowed: list[str] = Field(default_factory=list)
+
+
+class ConsoleConfig(_Model):
+    enabled: bool = True
+    port: str | None = None  # serial device, e.g. /dev/ttyAMA0; None = no serial console
+    baudrate: int = Field(115200, gt=0)
+    ctl_socket: str = Field("/run/siaga/ctl.sock", min_length=1)
+
+
+class StorageConfig(_Model):
+    path: str = Field("/var/lib/siaga/siaga.db", min_length=1)
+    synchronous: Literal["full", "normal"] = "full"
+
+
+class SimulationConfig(_Model):  # plant parameters for hardware: simulated
+    gen_start_s: Seconds = 3.0  # time the simulated genset needs to come up
+    gen_fails_to_start: bool = False
+    ups_runtime_s_at_load: float = Field(3600.0, gt=0)  # battery runtime at load_pct
+    load_pct: float = Field(40.0, ge=0, le=100)
+    fuel_h: Seconds = 24.0  # hours of fuel in the simulated tank
+
+
+class SiteConfig(_Model):
+    site: SiteInfo
+    hardware: Literal["real", "simulated"] = "real"
+    gpio: GpioConfig
+    ups: UpsConfig = Field(default_factory=UpsConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    nut: NutConfig = Field(default_factory=NutConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SiteConfig:
+        """Rules spanning sections. Raised as ConfigError (not ValueError) so that each problem
+        keeps its own path; pydantic would fold a ValueError into one error at the root."""
+        problems = [Problem(path, None, msg) for path, msg in _cross_problems(self)]
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    ins, outs, gen = cfg.gpio.inputs, cfg.gpio.outputs, cfg.generator
+    used: dict[int, str] = {}
+    for kind, group in (("inputs", ins), ("outputs", outs)):
+        for name in type(group).model_fields:
+            p = getattr(group, name)
+            if p is None:
+                continue
+            path = f"gpio.{kind}.{name}.pin"
+            if (first := used.setdefault(p.pin, path)) != path:
+                out.append((path, f"GPIO{p.pin} is already used by {first}"))
+            if kind == "inputs" and p.pin in (2, 3) and p.pull != "up":
+                out.append((f"gpio.inputs.{name}.pull",
+                            f"GPIO{p.pin} has a fixed 1.8k pull-up on the board: use pull: up"))
+    if gen.profile is amf.Profile.CRANK:
+        if outs.crank is None:
+            out.append(("generator.profile", "profile crank needs gpio.outputs.crank"))
+        if ins.gen_running is None and ins.engine_running is None:
+            # Without a GPIO run signal the starter would stay engaged on a running engine
+            # for the whole crank_time_s (UPS input voltage is seconds late).
+            out.append(("generator.profile", "profile crank needs a crank-disconnect input: "
+                        "gpio.inputs.gen_running or gpio.inputs.engine_running"))
+    if gen.timers.preheat_s > 0 and outs.preheat is None:
+        out.append(("generator.timers.preheat_s", "preheat_s > 0 needs gpio.outputs.preheat"))
+    rc, path = gen.running_confirmation, "generator.running_confirmation"
+    if rc is amf.Confirm.GEN_SENSE and ins.gen_running is None:
+        out.append((path, "gen_sense (the default) needs gpio.inputs.gen_running; wire the "
+                    "generator-output sense or choose ups_input"))
+    if rc is amf.Confirm.ASSUMED and gen.profile is not amf.Profile.TWO_WIRE:
+        out.append((path, "assumed is only allowed with profile two_wire (open-loop cranking "
+                    "burns starters)"))
+    if rc is amf.Confirm.UPS_INPUT and not cfg.ups.enabled:
+        out.append((path, "ups_input needs ups.enabled: true"))
+    lo, hi = cfg.ups.battery_voltage_low_v, cfg.ups.battery_voltage_high_v
+    if (lo is None) != (hi is None) or (lo is not None and hi is not None and lo >= hi):
+        out.append(("ups.battery_voltage_high_v", "give both battery_voltage_low_v and "
+                    "battery_voltage_high_v, low below high"))
+    tls = cfg.mqtt.tls
+    if tls is not None and (tls.cert_file is None) != (tls.key_file is None):
+        out.append(("mqtt.tls", "cert_file and key_file go together"))
+    names: set[str] = set()
+    for i, u in enumerate(cfg.nut.users):
+        if u.name in names:
+            out.append((f"nut.users[{i}].name", f"duplicate NUT user {u.name!r}"))
+        names.add(u.name)
+    return out
+
+
+def config_warnings(cfg: SiteConfig) -> list[str]:
+    """Legal but risky choices, printed by ``siaga check-config`` and logged at start-up."""
+    w: list[str] = []
+    ins, gen = cfg.gpio.inputs, cfg.generator
+    if gen.running_confirmation is amf.Confirm.ASSUMED:
+        w.append("generator.running_confirmation: assumed is open loop: a genset that fails to "
+                 "start will not be noticed until the UPS runs down")
+    if ins.e_stop is None:
+        w.append("gpio.inputs: no e_stop input configured")
+    if gen.low_fuel_shutdown and ins.low_fuel is None:
+        w.append("generator.low_fuel_shutdown: no gpio.inputs.low_fuel, so it can never trip")
+    if cfg.ups.critical_runtime_s <= cfg.shutdown.runtime_margin_s:
+        w.append(f"ups.critical_runtime_s ({cfg.ups.critical_runtime_s:g}) is not above "
+                 f"shutdown.runtime_margin_s ({cfg.shutdown.runtime_margin_s:g}): the servers are told to "
+                 "shut down before the generator is hurried (start delay and warm-up cut)")
+    if not cfg.ups.enabled:
+        w.append("ups.enabled: false: servers will never be told to shut down")
+    if cfg.nut.enabled and not cfg.nut.users:
+        w.append("nut.users is empty: upsmon clients cannot log in")
+    if cfg.mqtt.enabled and cfg.mqtt.tls is None:
+        w.append("mqtt: enabled without tls: password and data travel in clear text")
+    if cfg.mqtt.tls is not None and cfg.mqtt.tls.insecure:
+        w.append("mqtt.tls.insecure: the broker's certificate is not checked")
+    if cfg.hardware == "real" and "simulation" in cfg.model_fields_set:
+        w.append("simulation: ignored because hardware is real")
+    return w
+
+
+def amf_settings(cfg: SiteConfig) -> amf.Settings:
+    """Map the site config onto what the AMF controller needs."""
+    gen, ins, outs = cfg.generator, cfg.gpio.inputs, cfg.gpio.outputs
+    return amf.Settings(
+        profile=gen.profile,
+        confirm=gen.running_confirmation,
+        has_transfer_output=outs.transfer is not None,
+        has_gen_sense=ins.gen_running is not None,
+        has_engine_running=ins.engine_running is not None,
+        has_preheat=outs.preheat is not None,
+        **gen.timers.model_dump(),
+        **gen.model_dump(exclude={"profile", "running_confirmation", "timers", "exercise"}),
+        exercise=amf.ExerciseSettings(**gen.exercise.model_dump()),
+        ups_critical_runtime_s=cfg.ups.critical_runtime_s,
+        runtime_margin_s=cfg.shutdown.runtime_margin_s,
+        fsd_lead_s=2 * cfg.ups.poll_interval_s,
+        fsd_on_low_battery=cfg.shutdown.on_low_battery,
+        fsd_clear_after_s=cfg.shutdown.fsd_clear_after_s,
+    )
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # dotted, with [i] for list items; "" for the whole file
+    line: int | None  # 1-based YAML line, None when unknown
+    message: str
+
+
+class ConfigError(Exception):
+    """Everything wrong with one config file. ``str()`` gives ``FILE:LINE: path: message``
+    lines (``:LINE`` left out when unknown, ``path: `` when the problem is the whole file)."""
+
+    def __init__(self, problems: list[Problem], source: str = "<string>") -> None:
+        self.problems = list(problems)
+        self.source = source
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.source}{'' if p.line is None else f':{p.line}'}: "
+                         f"{p.path + ': ' if p.path else ''}{p.message}" for p in self.problems)
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans (only true/false), so ``contact: NO`` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != _BOOL]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+Loc = tuple[str, ...]
+
+
+def _dotted(loc: tuple) -> str:
+    s = ""
+    for seg in loc:
+        s += f"[{seg}]" if isinstance(seg, int) or str(seg).isdigit() else f".{seg}"
+    return s.lstrip(".")
+
+
+def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[Problem],
+           seen: set[int]) -> None:
+    """Record the line of every key and list item under ``node``; report duplicate keys."""
+    if id(node) in seen:  # aliases share nodes; also stops recursive anchors
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            sub, line = loc + (key.value,), key.start_mark.line + 1
+            if key.value in first and key.value != "<<":
+                msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
+                dups.append(Problem(_dotted(sub), line, msg))
+                continue
+            first[key.value] = line
+            lines[sub] = line
+            _index(value, sub, lines, dups, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = loc + (str(i),)
+            lines[sub] = item.start_mark.line + 1
+            _index(item, sub, lines, dups, seen)
+
+
+def _line(lines: dict[Loc, int], loc: tuple) -> int | None:
+    key = tuple(str(s) for s in loc)
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return None
+
+
+def _read_yaml(text: str, source: str) -> tuple[object, dict[Loc, int]]:
+    lines: dict[Loc, int] = {}
+    dups: list[Problem] = []
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _index(node, (), lines, dups, set())
+            if dups:
+                raise ConfigError(dups, source)
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        msg = " ".join(s for s in (e.context, e.problem) if s)
+        raise ConfigError([Problem("", mark.line + 1 if mark else None,
+                                   f"YAML syntax error: {msg}")], source) from None
+    except yaml.reader.ReaderError as e:
+        line = text[: e.position].count("\n") + 1
+        msg = f"YAML syntax error: {e.reason} (character #x{e.character:x})"
+        raise ConfigError([Problem("", line, msg)], source) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # e.g. an impossible !!timestamp (ValueError) or absurd nesting (RecursionError)
+        raise ConfigError([Problem("", None, f"cannot read YAML: {e}")], source) from None
+    if data is None:
+        raise ConfigError([Problem("", None, "the file is empty")], source)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", 1, "the top level must be a mapping (site:, gpio:, ...)")],
+                          source)
+    return data, lines
+
+
+def _keys_at(loc: tuple) -> list[str]:
+    """The keys allowed at ``loc`` (list indexes skipped), to suggest one for a typo."""
+    t: object = SiteConfig
+    for seg in [s for s in loc if not str(s).isdigit()] + [None]:
+        while typing.get_origin(t) in (typing.Union, types.UnionType, list):
+            t = next(a for a in typing.get_args(t) if a is not type(None))
+        if not (isinstance(t, type) and issubclass(t, BaseModel)):
+            return []
+        if seg is None:
+            return list(t.model_fields)
+        t = t.model_fields[seg].annotation if seg in t.model_fields else None
+    return []
+
+
+def _message(err: dict) -> str:
+    kind, loc = err["type"], err["loc"]
+    if kind == "extra_forbidden":
+        known = _keys_at(loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else (
+            f"; known keys: {', '.join(known)}" if known else "")
+        return f"unknown key {str(loc[-1])!r}{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
+    """Validate YAML text against any pydantic model (site configs, simulation scenarios);
+    raise ConfigError listing every problem with its path and line."""
+    data, lines = _read_yaml(text, source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = [Problem(_dotted(err["loc"]), _line(lines, err["loc"]), _message(err))
+                    for err in e.errors()]
+    except ConfigError as e:  # cross-section rules: add the lines
+        problems = [Problem(p.path, _line(lines, tuple(re.findall(r"[^.\[\]]+", p.path))),
+                            p.message) for p in e.problems]
+    raise ConfigError(problems, source)
+
+
+def parse_config(text: str, source: str = "<string>") -> SiteConfig:
+    """Validate YAML text; raise ConfigError listing every problem found."""
+    return parse_model(text, SiteConfig, source)
+
+
+def load_model(path: str | os.PathLike[str], model: type[M]) -> M:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        text = raw.decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError([Problem("", None, f"cannot read the file: {e.strerror or e}")],
+                          str(path)) from None
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError([Problem("", line, "the file is not UTF-8 text")], str(path)) from None
+    return parse_model(text, model, str(path))
+
+
+def load_config(path: str | os.PathLike[str]) -> SiteConfig:
+    return load_model(path, SiteConfig)
+
+
+def check_config_main(path: str, out: TextIO | None = None) -> int:
+    """``siaga check-config FILE``: 0 and an OK line (plus warnings), or 1 and the problems."""
+    out = out or sys.stdout
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        print(e, file=out)
+        return 1
+    print(f"OK: {cfg.site.id} ({cfg.site.name}), hardware {cfg.hardware}", file=out)
+    for w in config_warnings(cfg):
+        print(f"warning: {w}", file=out)
+    return 0

@@ -1,0 +1,209 @@
+"""The core loop: the one thread that owns the controller, the store and the outputs.
+
+Other threads (GPIO callbacks, the UPS poller, MQTT, console, NUT server) only ``post`` events.
+For each event the core asks the pure controller what to do, commits the journal entries and the
+new durable state in ONE store transaction, and only then drives the relays and tells the sinks
+(MQTT outbox, NUT server, console). So a kill at any instant loses nothing that was decided:
+either the decision is on disk (and the restart reconciles the relays with it and with the real
+inputs) or it never happened.
+
+Tests and ``siaga simulate`` run the same class without threads: a ``FakeClock``, MockFactory
+pins and ``drain()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agent import amf
+from agent.alarms import AlarmChanged
+from agent.store import JournalEntry, JournalRecord, Store
+
+log = logging.getLogger("siaga.core")
+
+Sink = Callable[[list[JournalRecord], list[amf.Effect]], None]
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run ``fn(core)`` on the core thread (status queries, simulator commands)."""
+
+    fn: Callable[["Core"], Any]
+    reply: Callable[[Any], None] | None = None
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    cmd: amf.Command
+    reply: Callable[[amf.CommandResult], None] | None = None
+
+
+class _Stop:
+    pass
+
+
+def journal_entry(effect: amf.Effect, t_mono: float, ts_wall: float, synced: bool) -> JournalEntry | None:
+    """The journal line for one effect (the wire format for events derives from these)."""
+    match effect:
+        case amf.Transition(old, new, reason):
+            kind, name, detail = "state", new.value, {"from": old.value, "reason": reason}
+        case AlarmChanged(alarm, status, text):
+            kind, name, detail = "alarm", alarm, {"status": status, "detail": text}
+        case amf.SetOutput(out, on):
+            kind, name, detail = "output", out, {"on": on}
+        case amf.FsdRequest(active, reason):
+            kind, name, detail = "fsd", "fsd_on" if active else "fsd_off", {"reason": reason}
+        case amf.CommandResult(cmd_id, cmd, ok, message):
+            kind, name, detail = "command", cmd, {"id": cmd_id, "ok": ok, "message": message}
+        case amf.Note(note, data):
+            kind, name, detail = "info", note, dict(data)
+        case _:
+            return None
+    return JournalEntry(kind=kind, name=name, detail=detail, t_mono=t_mono, ts_wall=ts_wall, clock_synced=synced)
+
+
+class Core:
+    def __init__(self, settings: amf.Settings, store: Store, pins, clock, wall, *,
+                 resample_s: float | None = 5.0, wall_every_s: float | None = 60.0,
+                 snapshot_every_s: float | None = 60.0) -> None:
+        self.settings, self.store, self.pins, self.clock, self.wall = settings, store, pins, clock, wall
+        self.resample_s, self.wall_every_s, self.snapshot_every_s = resample_s, wall_every_s, snapshot_every_s
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.sinks: list[Sink] = []
+        self.controller: amf.Controller | None = None
+        self.boot_no = 0
+        self._due: dict[str, float] = {}  # the core's own periodic jobs
+        self._stopping = False
+
+    # ------------------------------------------------------------------ thread-safe ---------
+    def post(self, event: Any) -> None:
+        """Any thread. Never blocks."""
+        self.inbox.put(event)
+
+    def stop(self) -> None:
+        self.inbox.put(_Stop())
+
+    # ------------------------------------------------------------------ core thread ---------
+    def boot(self, extra_effects: list[amf.Effect] | None = None) -> None:
+        """Reconcile stored state with the real inputs, then create the outputs with the
+        reconciled values (no relay glitch), then subscribe to edges."""
+        now = self.clock.monotonic()
+        self.boot_no = self.store.begin_boot()
+        stored = self.store.load_snapshot()
+        inputs = self.pins.read_inputs()
+        self.controller, fx = amf.Controller.resume(self.settings, stored.state if stored else None, inputs, now)
+        self.pins.open_outputs(self.controller.outputs)
+        fx = [amf.Note("boot", {"boot": self.boot_no, "inputs": inputs})] + list(extra_effects or []) + fx
+        reading = self.wall.read()
+        fx += self.controller.handle(amf.WallClock(reading.epoch_s, reading.synced, reading.utc_offset_s), now)
+        self._commit(fx, now, force=True)
+        self.pins.subscribe(self.post)
+        for name, level in self.pins.read_inputs().items():  # an edge between read and subscribe
+            self.post(amf.Input(name, level))
+        for job, every in (("resample", self.resample_s), ("wall", self.wall_every_s), ("snapshot", self.snapshot_every_s)):
+            if every:
+                self._due[job] = now + every
+
+    def next_wakeup(self) -> float | None:
+        times = [t for t in [self.controller.next_deadline() if self.controller else None, *self._due.values()] if t is not None]
+        return min(times) if times else None
+
+    def run_once(self, block: bool = True) -> bool:
+        """Handle one event (or a timeout as a Tick). Returns False once stopped."""
+        now = self.clock.monotonic()
+        wake = self.next_wakeup()
+        try:
+            if not block:
+                event = self.inbox.get_nowait()
+            else:
+                event = self.inbox.get(timeout=None if wake is None else max(0.0, wake - now))
+        except queue.Empty:
+            event = amf.Tick()
+        return self._dispatch(event)
+
+    def drain(self) -> None:
+        """Tests and simulation: handle everything queued, then any deadline that has passed."""
+        while True:
+            try:
+                event = self.inbox.get_nowait()
+            except queue.Empty:
+                wake = self.next_wakeup()
+                if wake is None or wake > self.clock.monotonic():
+                    return
+                event = amf.Tick()
+            self._dispatch(event)
+
+    def run_forever(self) -> None:
+        while self.run_once(block=True):
+            pass
+
+    def _dispatch(self, event: Any) -> bool:
+        now = self.clock.monotonic()
+        c = self.controller
+        assert c is not None, "boot() first"
+        if isinstance(event, _Stop):
+            self._commit([], now, force=True)
+            return False
+        if isinstance(event, Call):
+            result = event.fn(self)
+            if event.reply:
+                event.reply(result)
+            return True
+        reply = None
+        if isinstance(event, CommandRequest):
+            event, reply = event.cmd, event.reply
+        # Periodic jobs run after any event, so a busy inbox cannot starve them.
+        fx = c.handle(event, now) + self._periodic(now)
+        self._commit(fx, now)
+        if reply:
+            for e in fx:
+                if isinstance(e, amf.CommandResult):
+                    reply(e)
+        return True
+
+    def _periodic(self, now: float) -> list[amf.Effect]:
+        fx: list[amf.Effect] = []
+        if self._due.get("resample", now + 1) <= now:
+            self._due["resample"] = now + (self.resample_s or 0)
+            for name, level in self.pins.read_inputs().items():
+                fx += self.controller.handle(amf.Input(name, level), now)
+        if self._due.get("wall", now + 1) <= now:
+            self._due["wall"] = now + (self.wall_every_s or 0)
+            r = self.wall.read()
+            fx += self.controller.handle(amf.WallClock(r.epoch_s, r.synced, r.utc_offset_s), now)
+        if self._due.get("snapshot", now + 1) <= now:
+            self._due["snapshot"] = now + (self.snapshot_every_s or 0)
+            self._commit([], now, force=True)  # run hours move on even when nothing happens
+        return fx
+
+    def _commit(self, fx: list[amf.Effect], now: float, force: bool = False) -> None:
+        if not fx and not force:
+            return
+        c = self.controller
+        reading = self.wall.read()
+        entries = [e for e in (journal_entry(f, now, reading.epoch_s, reading.synced) for f in fx) if e]
+        snap = c.snapshot(now)
+        records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"])
+        for f in fx:  # relays only after the decision is durable
+            if isinstance(f, amf.SetOutput):
+                self.pins.set(f.name, f.on)
+        for sink in self.sinks:
+            try:
+                sink(records, fx)
+            except Exception:  # a broken sink must not stop the controller
+                log.exception("sink %r failed", sink)
+
+    def status(self) -> dict:
+        now = self.clock.monotonic()
+        st = self.controller.status(now) if self.controller else {}
+        return dict(st, boot=self.boot_no, last_seq=self.store.last_seq())
+
+
+def run_in_thread(core: Core) -> threading.Thread:
+    t = threading.Thread(target=core.run_forever, name="siaga-core", daemon=True)
+    t.start()
+    return t

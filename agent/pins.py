@@ -1,0 +1,128 @@
+"""GPIO through gpiozero with an injected pin factory (lgpio on a Pi, MockFactory in tests and
+simulation). The one place that knows pin polarity: the rest of the agent speaks logical names
+(``mains`` active = mains present, ``start`` on = generator told to run).
+
+Facts this relies on (shared/notes/gpio-serial-timers.md, verified on gpiozero 2.0.1.post3):
+
+* callbacks fire on the thread that changed the pin (lgpio's single notify thread on a Pi), so
+  they only ``post`` an event: they never block or touch controller state;
+* no callback fires for the level a pin already has, hence ``read_inputs`` at start and the
+  core's periodic re-sample: edges are hints, levels are truth;
+* ``OutputDevice(initial_value=...)`` drives the line at construction, so creating the outputs
+  with the controller's resumed values means the start relay never glitches on a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from gpiozero import DigitalInputDevice, OutputDevice
+
+from agent.amf_types import INPUT_NAMES, OUTPUT_NAMES, Input
+from agent.errors import SiagaError
+
+
+class PinsError(SiagaError):
+    pass
+
+
+def make_pin_factory(kind: str):
+    """``mock`` (tests, simulation) or ``lgpio`` (Pi 4/5 on Bookworm: the only backend that
+    works on a Pi 5 and keeps edge detection on kernel 6.6+)."""
+    if kind == "mock":
+        from gpiozero.pins.mock import MockFactory
+
+        return MockFactory()
+    if kind == "lgpio":
+        try:
+            from gpiozero.pins.lgpio import LGPIOFactory
+        except ImportError as e:  # pragma: no cover - only on a machine without lgpio
+            raise PinsError(f"gpio.pin_factory lgpio needs the lgpio package (pip install 'siaga[pi]'): {e}") from e
+        return LGPIOFactory()
+    raise PinsError(f"unknown pin factory {kind!r} (use lgpio or mock)")
+
+
+# --- polarity: logical value <-> physical level, used by the adapter and the plant simulator --
+def input_level(cfg, active: bool) -> bool:
+    """Physical pin level (True = high) that makes a logical input ``active``."""
+    return (not active) if cfg.active_low else active
+
+
+def output_energised(cfg, on: bool) -> bool:
+    """Relay coil energised for a logical output value (NC contact: on = coil released)."""
+    return on != (cfg.contact == "NC")
+
+
+def output_logical(cfg, pin_high: bool) -> bool:
+    """Logical output value from the physical pin level."""
+    energised = pin_high == cfg.active_high
+    return energised != (cfg.contact == "NC")
+
+
+class Pins:
+    """The configured inputs and outputs. Created by the core thread; ``set`` only from it."""
+
+    def __init__(self, gpio_cfg, factory) -> None:
+        self.cfg, self.factory = gpio_cfg, factory
+        self._in: dict[str, tuple[DigitalInputDevice, bool]] = {}  # name -> (device, invert)
+        self._out: dict[str, OutputDevice] = {}
+        for name in INPUT_NAMES:
+            pc = getattr(gpio_cfg.inputs, name, None)
+            if pc is not None:
+                self._in[name] = self._open_input(name, pc)
+
+    def _open_input(self, name: str, pc) -> tuple[DigitalInputDevice, bool]:
+        bounce = pc.bounce_s or None
+        try:
+            if pc.pull == "none":
+                dev = DigitalInputDevice(pc.pin, pull_up=None, active_state=not pc.active_low,
+                                         bounce_time=bounce, pin_factory=self.factory)
+                return dev, False
+            # With a pull resistor gpiozero fixes the sense (pull-up: active = low); invert when
+            # the configured polarity is the other one.
+            dev = DigitalInputDevice(pc.pin, pull_up=pc.pull == "up", bounce_time=bounce, pin_factory=self.factory)
+            return dev, (pc.pull == "up") != pc.active_low
+        except Exception as e:  # gpiozero raises many kinds; all mean the same to a technician
+            raise PinsError(f"gpio.inputs.{name}: cannot open GPIO{pc.pin}: {e}") from e
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._in)
+
+    def read_inputs(self) -> dict[str, bool]:
+        return {name: dev.is_active != inv for name, (dev, inv) in self._in.items()}
+
+    def subscribe(self, post: Callable[[Input], None]) -> None:
+        """Edges become ``Input`` events. Runs on the GPIO library's thread: post and return."""
+        for name, (dev, inv) in self._in.items():
+            dev.when_activated = lambda _d=None, n=name, i=inv: post(Input(n, not i))
+            dev.when_deactivated = lambda _d=None, n=name, i=inv: post(Input(n, i))
+
+    def open_outputs(self, initial: dict[str, bool]) -> None:
+        for name in OUTPUT_NAMES:
+            pc = getattr(self.cfg.outputs, name, None)
+            if pc is None:
+                continue
+            try:
+                self._out[name] = OutputDevice(pc.pin, active_high=pc.active_high,
+                                               initial_value=output_energised(pc, bool(initial.get(name))),
+                                               pin_factory=self.factory)
+            except Exception as e:
+                raise PinsError(f"gpio.outputs.{name}: cannot open GPIO{pc.pin}: {e}") from e
+
+    def set(self, name: str, on: bool) -> None:
+        dev = self._out.get(name)
+        if dev is not None:  # an output the site does not wire (e.g. no alarm horn) is fine
+            dev.value = output_energised(getattr(self.cfg.outputs, name), on)
+
+    def outputs(self) -> dict[str, bool]:
+        return {n: output_energised(getattr(self.cfg.outputs, n), True) == bool(d.value) for n, d in self._out.items()}
+
+    def close(self, release_outputs: bool = False) -> None:
+        """Close inputs. Outputs are left driven unless asked: closing hands the line back as a
+        floating input (lgpio), which is the wiring's fail-safe, not a decision of ours."""
+        for dev, _ in self._in.values():
+            dev.close()
+        if release_outputs:
+            for dev in self._out.values():
+                dev.close()
