@@ -23,6 +23,7 @@ from __future__ import annotations
 from agent.alarms import AlarmBook
 from agent.amf_types import (  # noqa: F401  (re-exported: agent.amf is the public name)
     CRANK_TIME_HARD_CAP_S,
+    CRANK_REST_MIN_S,
     HOUR_S,
     DAY_S,
     Mode,
@@ -210,6 +211,9 @@ class Controller:
         running = bool(c.inputs["gen_running"]) if settings.has_gen_sense else was_started
         mains = c.inputs["mains"]
         fx: list[Effect] = []
+        for name in ("e_stop", "low_fuel", "gen_not_in_auto"):  # levels seen at boot (as _on_input)
+            if c.inputs[name]:
+                fx += c.alarms.set(name, True)
         if c.inputs["e_stop"] or any(c.alarms.is_pending(a) for a in c._lockout_alarms()):
             c.state, new = State.LOCKOUT, State.LOCKOUT
         elif running:
@@ -220,7 +224,9 @@ class Controller:
                 new = State.ON_GENERATOR
             elif reason in (RunReason.TEST, RunReason.EXERCISE, RunReason.MANUAL) and old in _RUNNING:
                 c.reason, new = reason, old
-                if reason is not RunReason.MANUAL:
+                if old in (State.WARMING_UP, State.COOLING_DOWN):  # restart the state's timer
+                    c.timers["state"] = now + (settings.warm_up_s if old is State.WARMING_UP else settings.cool_down_s)
+                if reason is not RunReason.MANUAL and old is not State.COOLING_DOWN:
                     c.timers["run_end"] = now  # a test interrupted by a restart just ends
             else:
                 c.reason = RunReason.MAINS_FAILURE
@@ -293,7 +299,7 @@ class Controller:
         return name in self.timers and now >= self.timers[name]
 
     def _recent_starts(self, now: float) -> list[float]:
-        self.starts = [t for t in self.starts if t > now - HOUR_S]
+        self.starts = [t for t in self.starts if t + HOUR_S > now]  # same float as the timers
         return self.starts
 
     # ------------------------------------------------------------------ event intake --------
@@ -470,6 +476,8 @@ class Controller:
         if st is State.WARMING_UP:
             if self.reason is RunReason.MAINS_FAILURE and mains is True:
                 return self._go("mains_returned", State.MAINS_RETURNING, now, fx, "mains back during warm-up", self._return_delay(now))
+            if self.reason in (RunReason.TEST, RunReason.EXERCISE) and self._expired("run_end", now):
+                return self._run_end(now, fx)  # a test shorter than the warm-up
             if self._load_wanted() and self._ups_critical():
                 return self._go("warmed_up", State.ON_GENERATOR, now, fx, "UPS critical: warm-up cut short")
             if self._expired("state", now):
@@ -484,9 +492,7 @@ class Controller:
             if self.reason is RunReason.MAINS_FAILURE and mains is True:
                 return self._go("mains_returned", State.MAINS_RETURNING, now, fx, "mains sense back", self._return_delay(now))
             if self.reason in (RunReason.TEST, RunReason.EXERCISE) and self._expired("run_end", now):
-                if self.reason is RunReason.EXERCISE and self.wall_now(now) is not None:
-                    self.counters["last_exercise_wall"] = self.wall_now(now) or 0.0
-                return self._go("run_finished", State.COOLING_DOWN, now, fx, f"{self.reason.value} finished", s.cool_down_s)
+                return self._run_end(now, fx)
             return False
         if st is State.MAINS_RETURNING:
             if mains is not True:
@@ -504,6 +510,7 @@ class Controller:
                     if self._expired("state", now) else False
             if self._engine_stopped():
                 fx += self.alarms.set("fail_to_stop", False)
+                self.starter_free_at = now + s.starter_lockout_s  # it may still be running down
                 self._end_run(now)
                 return self._go("stopped", State.MAINS_OK, now, fx, "engine stopped")
             if self._expired("state", now):
@@ -517,6 +524,11 @@ class Controller:
             return False
         return False
 
+    def _run_end(self, now: float, fx: list[Effect]) -> bool:
+        if self.reason is RunReason.EXERCISE and self.wall_now(now) is not None:
+            self.counters["last_exercise_wall"] = self.wall_now(now) or 0.0
+        return self._go("run_finished", State.COOLING_DOWN, now, fx, f"{self.reason.value} finished", self.s.cool_down_s)
+
     def _go(self, key: str, new: State, now: float, fx: list[Effect], why: str,
             timer_s: float | None = None) -> bool:
         rule = _RULES[key]
@@ -525,6 +537,9 @@ class Controller:
         fx.append(Transition(self.state, new, f"{key}: {why}"))
         self.state, self.state_since = new, now
         self.timers.pop("state", None)
+        self.timers.pop("assumed", None)
+        if new not in (State.WARMING_UP, State.ON_GENERATOR):
+            self.timers.pop("run_end", None)  # a test/exercise end only matters while it runs
         if timer_s is not None:
             self.timers["state"] = now + timer_s
         if new in (State.MAINS_OK, State.LOCKOUT):
@@ -569,7 +584,10 @@ class Controller:
         else:
             limit = max(s.gen_ready_timeout_s, s.assumed_start_s + 1.0) if s.confirm is Confirm.ASSUMED else s.gen_ready_timeout_s
         fx.append(Note("start_attempt", {"attempt": self.attempt, "of": s.crank_attempts, "limit_s": limit}))
-        return self._go("attempt", State.CRANKING, now, fx, f"attempt {self.attempt}/{s.crank_attempts}", limit)
+        done = self._go("attempt", State.CRANKING, now, fx, f"attempt {self.attempt}/{s.crank_attempts}", limit)
+        if s.confirm is Confirm.ASSUMED:
+            self.timers["assumed"] = now + s.assumed_start_s  # wake up to assume it running
+        return done
 
     def _attempt_failed(self, now: float, fx: list[Effect], why: str) -> bool:
         s = self.s
@@ -583,7 +601,8 @@ class Controller:
             self.counters["fail_to_start"] += 1
             fx += self.alarms.set("fail_to_start", True, f"{self.attempt} attempts: {why}")
             return self._go("fail_to_start", State.LOCKOUT, now, fx, why)
-        return self._go("attempt_failed", State.CRANK_REST, now, fx, why, max(s.crank_rest_s, s.starter_lockout_s))
+        return self._go("attempt_failed", State.CRANK_REST, now, fx, why,
+                        max(s.crank_rest_s, s.starter_lockout_s, CRANK_REST_MIN_S))
 
     def _on_running(self, now: float, fx: list[Effect]) -> bool:
         s = self.s
@@ -627,9 +646,10 @@ class Controller:
         below = bool(u and u.on_battery and u.runtime_s is not None and u.runtime_s < s.runtime_margin_s + s.fsd_lead_s)
         need = below or bool(u and u.on_battery and u.low_battery and s.fsd_on_low_battery)
         fx += self.alarms.set("ups_runtime_below_margin", below, f"runtime {u.runtime_s:.0f}s" if below and u and u.runtime_s is not None else "")
+        if need:
+            self.timers.pop("fsd_clear", None)  # any dip restarts the wait for stable power
         if need and not self.fsd:
             self.fsd = True
-            self.timers.pop("fsd_clear", None)
             why = f"UPS runtime {u.runtime_s:.0f}s < margin {s.runtime_margin_s:.0f}s" if below else "UPS low battery"
             fx.append(FsdRequest(True, why))
         elif self.fsd and not need:
@@ -657,16 +677,18 @@ class Controller:
             (m and u.on_battery and self.state not in _RUNNING)
             or (not m and not u.on_battery and self.state in (State.MAINS_OK, State.MAINS_FAILING)
                 and s.confirm is not Confirm.UPS_INPUT and not self.inputs["gen_running"])))
-        if disagree:
+        if disagree and not self.alarms.is_active("mains_sensor_disagrees"):
             self.timers.setdefault("disagree", now + s.sensor_disagree_s)
             if self._expired("disagree", now):
+                del self.timers["disagree"]  # one-shot: the alarm now holds the fact
                 fx += self.alarms.set("mains_sensor_disagrees", True,
                                       f"mains sense {'on' if m else 'off'}, UPS {'on battery' if u and u.on_battery else 'on line'}")
-        else:
+        elif not disagree:
             self.timers.pop("disagree", None)
             fx += self.alarms.set("mains_sensor_disagrees", False)
         # Run-time alarms.
         if self._expired("max_run", now):
+            del self.timers["max_run"]  # one-shot: a deadline left in the past would spin the core
             fx += self.alarms.set("max_run_exceeded", True, f"running over {s.max_run_alarm_s / HOUR_S:g} h")
         elif self.run_started_at is None:
             fx += self.alarms.set("max_run_exceeded", False)
@@ -691,7 +713,9 @@ class Controller:
         hour, weekday, _ = _local_fields(wall, self.wall.utc_offset_s)
         if hour != ex.hour_local or (ex.weekday is not None and weekday != ex.weekday):
             return False
-        if wall - self.counters["last_exercise_wall"] < ex.interval_days * DAY_S:
+        # Checked once an hour, at the hour; the last exercise ended a little after its hour, so
+        # allow an hour's slack, or a weekly exercise would slip to the next day (or weekday).
+        if wall - self.counters["last_exercise_wall"] < ex.interval_days * DAY_S - HOUR_S:
             return False
         if wall - self.counters["last_run_end_wall"] < ex.skip_if_ran_within_days * DAY_S:
             self.counters["last_exercise_wall"] = wall

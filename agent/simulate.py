@@ -107,14 +107,15 @@ def _expand(events: list[ScenarioEvent]) -> list[ScenarioEvent]:
     return sorted(out, key=lambda e: e.at_s)
 
 
-def plant_params(scn: Scenario, site: config.SiteConfig) -> PlantParams:
+def plant_params(site: config.SiteConfig, overrides: dict[str, Any] | None = None) -> PlantParams:
+    """The plant for a site: its simulation section, then a scenario's own plant parameters."""
     sim = site.simulation
     base = dict(profile=site.generator.profile,
                 ats_mode="controlled" if site.gpio.outputs.transfer else "automatic",
                 start_s=sim.gen_start_s, fails_to_start=sim.gen_fails_to_start,
                 capacity_s_at_load=sim.ups_runtime_s_at_load, ref_load_pct=sim.load_pct,
                 load_pct=sim.load_pct, fuel_h=sim.fuel_h)
-    return PlantParams(**(base | scn.plant))
+    return PlantParams(**(base | (overrides or {})))
 
 
 class Simulation:
@@ -124,7 +125,7 @@ class Simulation:
         self.scn, self.site = scn, site
         self.settings = config.amf_settings(site)
         self.clock = FakeClock(0.0)
-        self.plant = Plant(plant_params(scn, site), 0.0)
+        self.plant = Plant(plant_params(site, scn.plant), 0.0)
         s = self.settings
         self.plant.watch_runtime_s = (s.runtime_margin_s + s.fsd_lead_s, s.ups_critical_runtime_s)
         factory = make_pin_factory("mock")

@@ -1,0 +1,209 @@
+"""``siaga ctl``: the local control language, over a Unix socket on the Pi.
+
+One request per connection: a single line of words (``status --json``, ``mode manual``,
+``ack``, ``test 600 --on-load``, ``journal 20``, ``sim mains off``), answered with text (or JSON)
+and the connection closed. The serial console speaks the same language (``execute``).
+
+Everything reaches the controller as events on the core thread: the socket thread never touches
+state. Safety does not depend on this layer: the controller refuses what it must.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import sys
+import threading
+from typing import Callable
+
+from agent import amf
+from agent.core import Call, CommandRequest, Core
+
+MAX_LINE = 1024
+REPLY_TIMEOUT_S = 5.0
+HELP = """commands:
+  status [--json]            controller state, inputs, outputs, alarms, counters
+  mode auto|manual|off       set the mode
+  start | stop               run / stop the generator (MANUAL mode only)
+  test [SECONDS] [--on-load] test run (AUTO mode, mains present); `test stop` ends it
+  ack [ALARM]                acknowledge one alarm, or all
+  service-done               restart the service interval
+  journal [N] [--json]       last N journal entries (default 20)
+  sim ...                    simulator commands (hardware: simulated): sim help"""
+
+
+class CtlError(Exception):
+    pass
+
+
+def _ask(core: Core, event) -> object:
+    box: queue.SimpleQueue = queue.SimpleQueue()
+    if isinstance(event, amf.Command):
+        core.post(CommandRequest(event, box.put))
+    else:
+        core.post(Call(event, box.put))
+    try:
+        return box.get(timeout=REPLY_TIMEOUT_S)
+    except queue.Empty:
+        raise CtlError("the core did not answer within 5 s") from None
+
+
+def _command(core: Core, name: str, args: dict | None = None) -> str:
+    res = _ask(core, amf.Command(name, args or {}, source="ctl"))
+    assert isinstance(res, amf.CommandResult)
+    return f"{'OK' if res.ok else 'REFUSED'}: {res.message}"
+
+
+def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None) -> str:
+    """Run one command line; returns the reply text. Raises CtlError for bad input."""
+    if not words:
+        raise CtlError("empty command; try `help`")
+    cmd, rest = words[0].lower(), words[1:]
+    as_json = "--json" in rest
+    rest = [w for w in rest if w != "--json"]
+    if cmd == "help":
+        return HELP
+    if cmd == "status":
+        st = _ask(core, lambda c: c.status())
+        return json.dumps(st, sort_keys=True) if as_json else _status_text(st)
+    if cmd == "mode" and len(rest) == 1:
+        return _command(core, "set_mode", {"mode": rest[0].upper()})
+    if cmd in ("start", "stop") and not rest:
+        return _command(core, cmd)
+    if cmd == "test":
+        if rest == ["stop"]:
+            return _command(core, "test_stop")
+        args: dict = {"on_load": "--on-load" in rest}
+        nums = [w for w in rest if w != "--on-load"]
+        if len(nums) > 1:
+            raise CtlError("usage: test [SECONDS] [--on-load]")
+        if nums:
+            try:
+                args["duration_s"] = float(nums[0])
+            except ValueError:
+                raise CtlError(f"test: {nums[0]!r} is not a number of seconds") from None
+        return _command(core, "test_start", args)
+    if cmd == "ack" and len(rest) <= 1:
+        return _command(core, "ack", {"alarm": rest[0]} if rest else {})
+    if cmd == "service-done" and not rest:
+        return _command(core, "service_done")
+    if cmd == "journal" and len(rest) <= 1:
+        try:
+            n = int(rest[0]) if rest else 20
+        except ValueError:
+            raise CtlError(f"journal: {rest[0]!r} is not a count") from None
+        recs = _ask(core, lambda c: c.store.journal(max(0, c.store.last_seq() - n)))
+        if as_json:
+            return json.dumps([r.__dict__ for r in recs])
+        return "\n".join(f"{r.seq:>7} boot {r.boot} {r.kind:<8} {r.name:<26} {json.dumps(r.detail)}" for r in recs)
+    if cmd == "sim":
+        if sim is None:
+            raise CtlError("sim commands need hardware: simulated")
+        return sim(rest + (["--json"] if as_json else []))
+    raise CtlError(f"unknown command {' '.join(words)!r}; try `help`")
+
+
+def _status_text(st: dict) -> str:
+    lines = [f"state {st['state']} ({st['since_s']} s)  mode {st['mode']}  reason {st['reason']}  "
+             f"attempt {st['attempt']}/{st['attempts']}  FSD {'ON' if st['fsd'] else 'off'}",
+             "inputs  " + "  ".join(f"{k}={'on' if v else 'off' if v is not None else '-'}" for k, v in st["inputs"].items()),
+             "outputs " + "  ".join(f"{k}={'ON' if v else 'off'}" for k, v in st["outputs"].items())]
+    alarms = st.get("alarms") or {}
+    lines.append("alarms  " + ("none" if not alarms else "  ".join(
+        f"{n}{'' if a['active'] else '(gone)'}{'' if a['acked'] else '*'}" for n, a in alarms.items())))
+    if st.get("timers"):
+        lines.append("timers  " + "  ".join(f"{k} {v}s" for k, v in st["timers"].items()))
+    return "\n".join(lines)
+
+
+class CtlServer:
+    """Unix-socket server. One short-lived thread per connection; bounded line length."""
+
+    def __init__(self, path: str, core: Core, sim: Callable[[list[str]], str] | None = None) -> None:
+        self.path, self.core, self.sim = path, core, sim
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # stale socket from a killed agent
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o660)  # root and the siaga group only
+        self.sock.listen(8)
+
+    def serve_in_thread(self) -> threading.Thread:
+        t = threading.Thread(target=self._accept_loop, name="siaga-ctl", daemon=True)
+        t.start()
+        return t
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10.0)
+            data = b""
+            try:
+                while b"\n" not in data and len(data) <= MAX_LINE:
+                    chunk = conn.recv(256)
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                return
+            if len(data) > MAX_LINE:
+                reply = f"ERROR: line longer than {MAX_LINE} bytes"
+            else:
+                try:
+                    words = data.split(b"\n", 1)[0].decode("utf-8").split()
+                    reply = execute(self.core, words, self.sim)
+                except UnicodeDecodeError:
+                    reply = "ERROR: the command is not UTF-8 text"
+                except CtlError as e:
+                    reply = f"ERROR: {e}"
+            try:
+                conn.sendall(reply.encode() + b"\n")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def request(path: str, words: list[str], timeout_s: float = 10.0) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(path)
+        s.sendall(" ".join(words).encode() + b"\n")
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode().rstrip("\n")
+
+
+def client_main(sock_path: str | None, config_path: str | None, words: list[str]) -> int:
+    if sock_path is None and config_path:
+        from agent.config import ConfigError, load_config
+
+        try:
+            sock_path = load_config(config_path).console.ctl_socket
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            return 1
+    sock_path = sock_path or "/run/siaga/ctl.sock"
+    try:
+        reply = request(sock_path, words)
+    except OSError as e:
+        print(f"siaga ctl: cannot reach the agent at {sock_path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(reply)
+    return 1 if reply.startswith(("ERROR:", "REFUSED:")) else 0

@@ -1,0 +1,212 @@
+"""``siaga run --config FILE``: assemble the agent and run it until SIGTERM/SIGINT.
+
+``hardware: real``: lgpio pins. ``hardware: simulated``: MockFactory pins wired to the plant
+simulator by ``SimWorld``, a thread that steps the plant in real time and plays the wiring. The
+world is saved next to the store, so like a real generator it keeps its state while the agent
+is killed and restarted (the relay lines hold their level meanwhile, as GPIO lines do when a
+process dies), which is what the restart tests rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+from typing import Any
+
+from agent import amf
+from agent.clock import MonotonicClock, SystemWall
+from agent.config import ConfigError, SiteConfig, amf_settings, config_warnings, load_config
+from agent.core import Core
+from agent.ctl import CtlServer
+from agent.pins import Pins, make_pin_factory
+from agent.plant import Plant
+from agent.simhw import SimHardware
+from agent.simulate import plant_params
+from agent.store import Store
+
+log = logging.getLogger("siaga")
+SIM_HELP = """sim commands:
+  sim status [--json]                         the simulated plant
+  sim mains on|off                            utility supply
+  sim gen fail|refuel|fails-to-start|starts-normally
+  sim estop on|off                            the e-stop button
+  sim fuel PCT                                set the tank level"""
+
+
+class SimWorld:
+    """The simulated plant, stepped in real time on its own thread (the plant's only owner)."""
+
+    STEP_S = 0.02
+
+    def __init__(self, cfg: SiteConfig, factory, core: Core, path: str) -> None:
+        self.cfg, self.core, self.path = cfg, core, path
+        now = time.monotonic()
+        self.plant = self._load(now) or Plant(plant_params(cfg), now)
+        s = core.settings
+        self.plant.watch_runtime_s = (s.runtime_margin_s + s.fsd_lead_s, s.ups_critical_runtime_s)
+        self.hw = SimHardware(cfg.gpio, factory, self.plant)
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.start_drops = 0
+        self._next_poll = now
+        self._next_save = now
+        self._stop = threading.Event()
+
+    def _load(self, now: float) -> Plant | None:
+        # Only ever a file this agent wrote in its own storage directory (simulation only).
+        try:
+            with open(self.path, "rb") as f:
+                plant = pickle.load(f)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # a torn or foreign file: start a fresh world, say so
+            log.warning("simulated plant state %s unreadable (%s): starting fresh", self.path, e)
+            return None
+        if not isinstance(plant, Plant) or plant.t > now:  # monotonic time restarts on reboot
+            return None
+        plant.advance(now)  # the world went on while the agent was down
+        return plant
+
+    def save(self) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(self.plant, f)
+        os.replace(tmp, self.path)
+
+    def start(self) -> threading.Thread:
+        t = threading.Thread(target=self._loop, name="siaga-simworld", daemon=True)
+        t.start()
+        return t
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def on_effects(self, records, effects) -> None:  # core sink (core thread): hand over only
+        for e in effects:
+            if isinstance(e, amf.FsdRequest):
+                self.inbox.put(("fsd", e.active, None))
+
+    def command(self, words: list[str]) -> str:  # ctl thread
+        box: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox.put(("cmd", words, box.put))
+        try:
+            return box.get(timeout=5.0)
+        except queue.Empty:
+            return "ERROR: the simulated plant did not answer"
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.STEP_S):
+            self.step(time.monotonic())
+        self.save()
+
+    def step(self, now: float) -> None:
+        p = self.plant
+        p.advance(now)
+        while True:
+            try:
+                kind, arg, reply = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "fsd":
+                p.set_fsd(now, arg)
+            else:
+                reply(self._sim_command(arg, now))
+        before = p.outputs.get("start")
+        self.hw.push_outputs(now)
+        if before and not p.outputs.get("start"):
+            self.start_drops += 1
+        self.hw.drive_inputs()  # gpiozero callbacks -> core.post, from this thread (like lgpio's)
+        if now >= self._next_poll:  # until the UPS link (issue 3) reads the pty simulator
+            r = p.ups_reading()
+            self.core.post(amf.UpsStatus(r.on_battery, r.low_battery, r.runtime_s, r.charge_pct, r.fault, r.replace_battery))
+            self._next_poll = now + self.cfg.ups.poll_interval_s
+        for t, name, detail in p.drain_log():
+            log.info("plant %s %s", name, detail)
+        if now >= self._next_save:
+            self.save()
+            self._next_save = now + 0.2
+
+    def status(self) -> dict[str, Any]:
+        p, r = self.plant, self.plant.ups_reading()
+        return {"mains": p.mains.present, "generator_running": p.generator.ac_on, "ats": p.ats.position,
+                "outputs": dict(p.outputs), "start_drops": self.start_drops, "unpowered_s": round(p.unpowered_s, 3),
+                "hard_power_losses": p.hard_power_losses, "servers": p.servers.state.value,
+                "ups": {"on_battery": r.on_battery, "charge_pct": round(r.charge_pct, 2), "runtime_s": round(r.runtime_s, 1)}}
+
+    def _sim_command(self, words: list[str], now: float) -> str:
+        p = self.plant
+        as_json = "--json" in words
+        words = [w.lower() for w in words if w != "--json"]
+        match words:
+            case ["status"] | []:
+                st = self.status()
+                return json.dumps(st) if as_json else "\n".join(f"{k}: {v}" for k, v in st.items())
+            case ["mains", ("on" | "off") as v]:
+                p.set_mains(now, v == "on")
+            case ["gen", "fail"]:
+                p.fail_generator(now)
+            case ["gen", "refuel"]:
+                p.refuel(now)
+            case ["gen", ("fails-to-start" | "starts-normally") as v]:
+                p.set_param(now, "fails_to_start", v == "fails-to-start")
+            case ["estop", ("on" | "off") as v]:
+                p.set_input(now, "e_stop", v == "on")
+            case ["fuel", pct] if pct.replace(".", "", 1).isdigit() and float(pct) <= 100:
+                p.refuel(now, float(pct) / 100)
+            case ["help"]:
+                return SIM_HELP
+            case _:
+                return f"ERROR: unknown sim command {' '.join(words)!r}\n{SIM_HELP}"
+        self.save()
+        return "OK"
+
+
+def main(config_path: str, log_level: str = "INFO") -> int:
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as e:
+        print(e)
+        return 1
+    for w in config_warnings(cfg):
+        log.warning("config: %s", w)
+    store = Store.open(cfg.storage.path, cfg.storage.synchronous)
+    simulated = cfg.hardware == "simulated"
+    factory = make_pin_factory("mock" if simulated else cfg.gpio.pin_factory)
+    pins = Pins(cfg.gpio, factory)
+    core = Core(amf_settings(cfg), store, pins, MonotonicClock(), SystemWall(cfg.site.timezone),
+                resample_s=cfg.gpio.resample_interval_s)
+    extra: list[amf.Effect] = []
+    if store.recovered_from_corruption:
+        extra.append(amf.Note("store_recovered", {"corrupt_file": store.recovered_from_corruption}))
+    world = None
+    if simulated:
+        world = SimWorld(cfg, factory, core, os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "sim-plant.pickle"))
+        world.hw.drive_inputs()  # the pins show the world before the core reads them
+        core.sinks.append(world.on_effects)
+    core.boot(extra)
+    log.info("siaga %s up: boot %d, state %s", cfg.site.id, core.boot_no, core.controller.state.value)
+    ctl = None
+    if cfg.console.ctl_socket:
+        ctl = CtlServer(cfg.console.ctl_socket, core, world.command if world else None)
+        ctl.serve_in_thread()
+    world_thread = world.start() if world else None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: core.stop())
+    try:
+        core.run_forever()
+    finally:
+        if world and world_thread:
+            world.stop()
+            world_thread.join(timeout=2.0)
+        if ctl:
+            ctl.close()
+        pins.close(release_outputs=False)  # leave the relays as decided; the wiring owns "stopped"
+        store.close()
+    return 0
