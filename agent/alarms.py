@@ -4,8 +4,9 @@ Two kinds of alarm share one record:
 
 * condition alarms (e_stop, low_fuel, ups_on_battery, ...) are *active* while their condition
   holds and clear by themselves when it goes;
-* latching alarms (fail_to_start, gen_failed_while_running, fail_to_stop, watchdog_reset) stay
-  active until a person acknowledges them: nothing in the plant can say the fault is gone.
+* latching alarms (fail_to_start, gen_failed_while_running, watchdog_reset) stay active until a
+  person acknowledges them: nothing in the plant can say the fault is gone. (fail_to_stop is a
+  condition alarm: the engine stopping is the plant saying so.)
 
 Every alarm must also be acknowledged: an alarm that came and went while nobody looked stays
 listed (inactive, unacknowledged) until someone acknowledges it, so the alarm output and the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-LATCHING = frozenset({"fail_to_start", "gen_failed_while_running", "fail_to_stop", "watchdog_reset"})
+LATCHING = frozenset({"fail_to_start", "gen_failed_while_running", "watchdog_reset"})
 
 
 @dataclass

@@ -426,6 +426,9 @@ class Controller:
                 return self._lockout("protective_shutdown", now, fx, "protective alarm")
         if st in _RUNNING and self._gen_lost(now):
             if self.run_started_at is not None and now < self.timers.get("safety_on", 0.0):
+                if st is State.COOLING_DOWN:  # the run was ending anyway: no new attempt for it
+                    return self._go("cooled_down", State.STOPPING, now, fx,
+                                    "engine stopped within safety_on_delay_s", s.fail_to_stop_s)
                 return self._attempt_failed(now, fx, "false start: stopped within safety_on_delay_s")
             fx += self.alarms.set("gen_failed_while_running", True, f"in {st.value}")
             return self._lockout("gen_failed", now, fx, "generator stopped by itself")
@@ -656,7 +659,7 @@ class Controller:
             if u is not None and not u.on_battery:
                 if "fsd_clear" not in self.timers:
                     self.timers["fsd_clear"] = now + s.fsd_clear_after_s
-                elif self._expired("fsd_clear", now):
+                if self._expired("fsd_clear", now):  # (at once when fsd_clear_after_s is 0)
                     del self.timers["fsd_clear"]
                     self.fsd = False
                     fx.append(FsdRequest(False, f"power back and stable for {s.fsd_clear_after_s:.0f}s"))

@@ -12,6 +12,9 @@ from agent.alarms import AlarmChanged
 # Hard cap on one crank, whatever the config says: a starter motor cranked longer than this
 # overheats. config.py rejects a crank_time_s above it; the machine clamps as well.
 CRANK_TIME_HARD_CAP_S = 30.0
+# Floor on the rest between attempts: with crank_rest_s and starter_lockout_s both 0 the crank
+# (or two-wire run) relay would otherwise never drop between attempts, one continuous crank.
+CRANK_REST_MIN_S = 1.0
 HOUR_S = 3600.0
 DAY_S = 86400.0
 
@@ -78,13 +81,14 @@ ALARMS: dict[str, str] = {
     "watchdog_reset": "The Pi was reset by its hardware watchdog",
     "broker_unreachable": "MQTT broker unreachable (events kept in the outbox)",
     "central_service_unreachable": "Central coordinator is offline",
+    "storage_failed": "The SD card/store cannot be written: controlling on, journal held in memory",
 }
 # Alarms that force LOCKOUT: every output off until acknowledged (and the condition gone).
 LOCKOUT_ALARMS = frozenset({"fail_to_start", "gen_failed_while_running", "e_stop"})
 # Alarms raised and cleared by other components (not decided here); they arrive as
 # ``ExternalAlarm`` events. The controller owns their record so everything is published alike.
 EXTERNAL_ALARMS = frozenset(
-    {"ups_link_lost", "watchdog_reset", "broker_unreachable", "central_service_unreachable"}
+    {"ups_link_lost", "watchdog_reset", "broker_unreachable", "central_service_unreachable", "storage_failed"}
 )
 
 
@@ -284,10 +288,12 @@ RULES: tuple[Rule, ...] = (
          "start attempt k of crank_attempts: two-wire closes the run contact, crank engages the starter"),
     Rule("starter_lockout", (State.START_DELAY,), State.CRANK_REST,
          "starter_lockout_s since the last crank or stop has not passed yet"),
-    Rule("attempt_failed", (State.CRANKING, State.WARMING_UP, State.ON_GENERATOR), State.CRANK_REST,
+    Rule("attempt_failed", (State.CRANKING, State.WARMING_UP, State.ON_GENERATOR, State.MAINS_RETURNING),
+         State.CRANK_REST,
          "no running confirmation within crank_time_s (two-wire: gen_ready_timeout_s), or the engine "
-         "stopped within safety_on_delay_s (false start); rest crank_rest_s"),
-    Rule("fail_to_start", (State.CRANKING, State.CRANK_REST, State.WARMING_UP, State.ON_GENERATOR), State.LOCKOUT,
+         "stopped within safety_on_delay_s (false start); rest max(crank_rest_s, starter_lockout_s)"),
+    Rule("fail_to_start", (State.CRANKING, State.CRANK_REST, State.WARMING_UP, State.ON_GENERATOR,
+                           State.MAINS_RETURNING), State.LOCKOUT,
          "the last attempt failed: fail_to_start alarm, lockout"),
     Rule("running", (State.CRANKING,), State.WARMING_UP, "running confirmed: warm up off load"),
     Rule("running_no_warmup", (State.CRANKING,), State.ON_GENERATOR,
@@ -305,7 +311,8 @@ RULES: tuple[Rule, ...] = (
          "test or exercise finished, or stopped by the operator (test_stop, or stop in MANUAL)"),
     Rule("mains_failed_again", (State.COOLING_DOWN, State.STOPPING), State.ON_GENERATOR,
          "mains failed while cooling down or stopping and the engine still runs: load back on"),
-    Rule("cooled_down", (State.COOLING_DOWN,), State.STOPPING, "cool_down_s elapsed: run contact opens"),
+    Rule("cooled_down", (State.COOLING_DOWN,), State.STOPPING,
+         "cool_down_s elapsed (or the engine stopped within safety_on_delay_s): run contact opens"),
     Rule("stopped", (State.STOPPING,), State.MAINS_OK, "engine stopped (fail_to_stop alarm if it takes "
          "longer than fail_to_stop_s)"),
     Rule("gen_failed", _RUNNING, State.LOCKOUT,

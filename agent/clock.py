@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -53,12 +54,20 @@ def kernel_clock_synced() -> bool:
 
     A Pi has no RTC: after a power cut without network it boots at the last saved time, which
     can be days off. The calendar exercise must not run on such a clock."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        tx = _Timex()
-        return libc.adjtimex(ctypes.byref(tx)) != _TIME_ERROR
-    except (OSError, AttributeError):
+    adjtimex = _adjtimex()
+    if adjtimex is None:
         return False
+    tx = _Timex()
+    return adjtimex(ctypes.byref(tx)) != _TIME_ERROR
+
+
+@functools.cache
+def _adjtimex():
+    # Loaded once: find_library runs `ldconfig -p` in a subprocess, far too slow for every commit.
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).adjtimex
+    except (OSError, AttributeError):
+        return None
 
 
 class SystemWall:

@@ -480,9 +480,9 @@ def _read_yaml(text: str, source: str) -> tuple[object, dict[Loc, int]]:
     return data, lines
 
 
-def _keys_at(loc: tuple) -> list[str]:
+def _keys_at(loc: tuple, model: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
     """The keys allowed at ``loc`` (list indexes skipped), to suggest one for a typo."""
-    t: object = SiteConfig
+    t: object = model or SiteConfig
     for seg in [s for s in loc if not str(s).isdigit()] + [None]:
         while typing.get_origin(t) in (typing.Union, types.UnionType, list):
             t = next(a for a in typing.get_args(t) if a is not type(None))
@@ -494,10 +494,10 @@ def _keys_at(loc: tuple) -> list[str]:
     return []
 
 
-def _message(err: dict) -> str:
+def _message(err: dict, model: type[BaseModel] | None = None) -> str:
     kind, loc = err["type"], err["loc"]
     if kind == "extra_forbidden":
-        known = _keys_at(loc[:-1])
+        known = _keys_at(loc[:-1], model)
         near = difflib.get_close_matches(str(loc[-1]), known, n=1)
         hint = f"; did you mean {near[0]!r}?" if near else (
             f"; known keys: {', '.join(known)}" if known else "")
@@ -514,12 +514,22 @@ def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = [Problem(_dotted(err["loc"]), _line(lines, err["loc"]), _message(err))
+        problems = [Problem(_dotted(err["loc"]), _line(lines, err["loc"]), _message(err, model))
                     for err in e.errors()]
     except ConfigError as e:  # cross-section rules: add the lines
-        problems = [Problem(p.path, _line(lines, tuple(re.findall(r"[^.\[\]]+", p.path))),
-                            p.message) for p in e.problems]
+        problems = [Problem(p.path, line_of(lines, p.path), p.message) for p in e.problems]
     raise ConfigError(problems, source)
+
+
+def read_yaml_lines(text: str, source: str = "<string>") -> tuple[object, dict]:
+    """The parsed YAML and its line map (for ``line_of``). Raises ConfigError."""
+    return _read_yaml(text, source)
+
+
+def line_of(lines: dict, dotted: str, prefix: tuple = ()) -> int | None:
+    """Line of a dotted path (``a.b[2].c``) under ``prefix``, or of its nearest parent."""
+    parts = tuple(int(s) if s.isdigit() else s for s in re.findall(r"[^.\[\]]+", dotted))
+    return _line(lines, prefix + parts)
 
 
 def parse_config(text: str, source: str = "<string>") -> SiteConfig:

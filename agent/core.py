@@ -7,6 +7,12 @@ new durable state in ONE store transaction, and only then drives the relays and 
 either the decision is on disk (and the restart reconciles the relays with it and with the real
 inputs) or it never happened.
 
+If the store itself fails (SD card full or gone read-only), the core keeps controlling anyway:
+an unstarted generator is the failure this product exists to prevent, and a restart reconciles
+from the real inputs. The journal entries are then held in memory (up to ``MAX_UNSAVED``), the
+``storage_failed`` alarm is raised, and everything held is written with the next commit that
+succeeds.
+
 Tests and ``siaga simulate`` run the same class without threads: a ``FakeClock``, MockFactory
 pins and ``drain()``.
 """
@@ -26,11 +32,14 @@ from agent.store import JournalEntry, JournalRecord, Store
 log = logging.getLogger("siaga.core")
 
 Sink = Callable[[list[JournalRecord], list[amf.Effect]], None]
+MAX_UNSAVED = 10_000  # journal entries held in memory while the store cannot be written
 
 
 @dataclass(frozen=True)
 class Call:
-    """Run ``fn(core)`` on the core thread (status queries, simulator commands)."""
+    """Run ``fn(core)`` on the core thread (status queries, simulator commands). If ``fn``
+    raises, the exception is logged and handed to ``reply`` as the result: a broken query must
+    neither stop the controller nor leave the caller waiting."""
 
     fn: Callable[["Core"], Any]
     reply: Callable[[Any], None] | None = None
@@ -77,7 +86,8 @@ class Core:
         self.controller: amf.Controller | None = None
         self.boot_no = 0
         self._due: dict[str, float] = {}  # the core's own periodic jobs
-        self._stopping = False
+        self._unsaved: list[JournalEntry] = []
+        self.storage_ok = True
 
     # ------------------------------------------------------------------ thread-safe ---------
     def post(self, event: Any) -> None:
@@ -149,9 +159,12 @@ class Core:
             self._commit([], now, force=True)
             return False
         if isinstance(event, Call):
-            result = event.fn(self)
-            if event.reply:
-                event.reply(result)
+            try:
+                result = event.fn(self)
+            except Exception as e:  # a broken query must not stop the controller
+                log.exception("call %r failed", event.fn)
+                result = e
+            self._reply(event.reply, result)
             return True
         reply = None
         if isinstance(event, CommandRequest):
@@ -162,8 +175,17 @@ class Core:
         if reply:
             for e in fx:
                 if isinstance(e, amf.CommandResult):
-                    reply(e)
+                    self._reply(reply, e)
         return True
+
+    @staticmethod
+    def _reply(reply: Callable[[Any], None] | None, result: Any) -> None:
+        if reply is None:
+            return
+        try:
+            reply(result)
+        except Exception:  # e.g. the console client went away: not the controller's problem
+            log.exception("reply %r failed", reply)
 
     def _periodic(self, now: float) -> list[amf.Effect]:
         fx: list[amf.Effect] = []
@@ -185,9 +207,23 @@ class Core:
             return
         c = self.controller
         reading = self.wall.read()
-        entries = [e for e in (journal_entry(f, now, reading.epoch_s, reading.synced) for f in fx) if e]
+        entries = self._unsaved + [e for e in (journal_entry(f, now, reading.epoch_s, reading.synced) for f in fx) if e]
         snap = c.snapshot(now)
-        records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"])
+        try:
+            records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"])
+        except Exception as e:  # StoreError, sqlite3.Error, OSError: all mean "not on disk"
+            if self.storage_ok:
+                log.error("cannot write the store (%s): controlling on, holding the journal in memory", e)
+                self.post(amf.ExternalAlarm("storage_failed", True, str(e)))
+            self.storage_ok = False
+            self._unsaved = entries[-MAX_UNSAVED:]
+            records = []
+        else:
+            if not self.storage_ok:
+                log.warning("store writable again: %d held journal entries written", len(self._unsaved))
+                self.storage_ok = True
+                self.post(amf.ExternalAlarm("storage_failed", False))
+            self._unsaved = []
         for f in fx:  # relays only after the decision is durable
             if isinstance(f, amf.SetOutput):
                 self.pins.set(f.name, f.on)
@@ -200,10 +236,35 @@ class Core:
     def status(self) -> dict:
         now = self.clock.monotonic()
         st = self.controller.status(now) if self.controller else {}
-        return dict(st, boot=self.boot_no, last_seq=self.store.last_seq())
+        return dict(st, boot=self.boot_no, last_seq=self.store.last_seq(), storage_ok=self.storage_ok,
+                    unsaved_journal=len(self._unsaved))
 
 
-def run_in_thread(core: Core) -> threading.Thread:
-    t = threading.Thread(target=core.run_forever, name="siaga-core", daemon=True)
-    t.start()
-    return t
+def start_in_thread(build: Callable[[], Core], name: str = "siaga-core") -> tuple[threading.Thread, Core]:
+    """Build a core (open its store, create its pins), boot it and run it, all on a new thread.
+
+    The store is bound to the thread that opened it (sqlite3), so building on one thread and
+    running on another fails at the first commit. ``siaga run`` needs none of this: it builds
+    and runs on the main thread. Returns once booted; a failure to build or boot is raised here.
+    """
+    box: queue.SimpleQueue = queue.SimpleQueue()
+
+    def main() -> None:
+        try:
+            core = build()
+            core.boot()
+        except BaseException as e:
+            box.put(e)
+            return
+        box.put(core)
+        try:
+            core.run_forever()
+        finally:
+            core.store.close()
+
+    thread = threading.Thread(target=main, name=name, daemon=True)
+    thread.start()
+    got = box.get(timeout=30)
+    if isinstance(got, BaseException):
+        raise got
+    return thread, got

@@ -26,6 +26,13 @@ class PinsError(SiagaError):
     pass
 
 
+# The order inputs are read, re-sampled and (in simulation) driven: causes before their effects.
+# An e-stop stops the engine; handled the other way round, the controller would first see the
+# generator stop by itself and journal a false gen_failed_while_running for an e-stop press.
+INPUT_ORDER = ("e_stop", "gen_not_in_auto", "low_fuel", "mains", "engine_running", "gen_running")
+assert sorted(INPUT_ORDER) == sorted(INPUT_NAMES)
+
+
 def make_pin_factory(kind: str):
     """``mock`` (tests, simulation) or ``lgpio`` (Pi 4/5 on Bookworm: the only backend that
     works on a Pi 5 and keeps edge detection on kernel 6.6+)."""
@@ -66,7 +73,7 @@ class Pins:
         self.cfg, self.factory = gpio_cfg, factory
         self._in: dict[str, tuple[DigitalInputDevice, bool]] = {}  # name -> (device, invert)
         self._out: dict[str, OutputDevice] = {}
-        for name in INPUT_NAMES:
+        for name in INPUT_ORDER:
             pc = getattr(gpio_cfg.inputs, name, None)
             if pc is not None:
                 self._in[name] = self._open_input(name, pc)

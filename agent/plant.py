@@ -16,10 +16,10 @@ repeated until nothing changes (zero delays cascade within the same instant).
 from __future__ import annotations
 
 import dataclasses
-import enum
+import math
 from dataclasses import dataclass
 
-from agent.plant_ups import Linear, LogFn, Ups, UpsReading
+from agent.plant_ups import Linear, LogFn, ServerState, Servers, Ups, UpsReading
 
 __all__ = ["PlantParams", "Mains", "Generator", "TransferSwitch", "ServerState", "Servers",
            "Plant", "Ups", "UpsReading", "OUTPUTS", "INPUTS"]
@@ -79,8 +79,11 @@ class PlantParams:
             raise ValueError(f"servers_state {self.servers_state!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name.endswith(("_s", "_h", "_pct")) and isinstance(v, float | int) and v < 0:
+            if f.name.endswith(("_s", "_h", "_pct")) and isinstance(v, float | int) and not v >= 0:
                 raise ValueError(f"{f.name} must be >= 0")
+            if f.name.endswith("frac") or f.name == "charge":
+                if not 0.0 <= v <= 1.0:
+                    raise ValueError(f"{f.name} must be within 0..1")
         if self.capacity_s_at_load <= 0 or self.recharge_s <= 0 or self.ref_load_pct <= 0:
             raise ValueError("capacity_s_at_load, recharge_s and ref_load_pct must be > 0")
         if self.idle_load_pct <= 0:
@@ -293,71 +296,6 @@ class TransferSwitch:
         return [self.arrive_at, pend]
 
 
-class ServerState(str, enum.Enum):
-    RUNNING = "RUNNING"
-    SHUTTING_DOWN = "SHUTTING_DOWN"
-    HALTED = "HALTED"  # clean: OS off, PSU still powered
-    UNPOWERED = "UNPOWERED"
-    BOOTING = "BOOTING"
-
-
-_OS_UP = (ServerState.RUNNING, ServerState.SHUTTING_DOWN, ServerState.BOOTING)
-
-
-class Servers:
-    """The protected load, with BIOS "restore on AC power"."""
-
-    def __init__(self, p: PlantParams, now: float, log: LogFn) -> None:
-        self.p, self._log = p, log
-        self.state = ServerState(p.servers_state)
-        self.done_at: float | None = None
-        if self.state is ServerState.SHUTTING_DOWN:
-            self.done_at = now + p.shutdown_s
-        elif self.state is ServerState.BOOTING:
-            self.done_at = now + p.boot_s
-        self.shutdown_latched = False  # FSD seen while booting: upsmon acts once the OS is up
-        self.hard_power_losses = 0
-
-    @property
-    def load_pct(self) -> float:
-        if self.state is ServerState.UNPOWERED:
-            return 0.0
-        return self.p.halted_load_pct if self.state is ServerState.HALTED else self.p.load_pct
-
-    def request_shutdown(self, t: float) -> None:
-        """FSD reached the servers' upsmon. While booting it acts once the OS is up."""
-        if self.state is ServerState.RUNNING:
-            self.state, self.done_at = ServerState.SHUTTING_DOWN, t + self.p.shutdown_s
-            self._log(t, "servers_shutting_down", "")
-        elif self.state is ServerState.BOOTING:
-            self.shutdown_latched = True
-
-    def settle(self, t: float, powered: bool) -> bool:
-        ch = False
-        if self.done_at is not None and t >= self.done_at:
-            ch, self.done_at = True, None
-            if self.state is ServerState.SHUTTING_DOWN:
-                self.state = ServerState.HALTED
-                self._log(t, "servers_halted", "")
-            elif self.state is ServerState.BOOTING:
-                self.state = ServerState.RUNNING
-                self._log(t, "servers_booted", "")
-                if self.shutdown_latched:
-                    self.shutdown_latched = False
-                    self.request_shutdown(t)
-        if not powered and self.state is not ServerState.UNPOWERED:
-            if self.state in _OS_UP:
-                self.hard_power_losses += 1
-                self._log(t, "servers_hard_power_loss", self.state.value)
-            else:
-                self._log(t, "servers_unpowered", "clean")
-            self.state, self.done_at, self.shutdown_latched, ch = ServerState.UNPOWERED, None, False, True
-        elif powered and self.state is ServerState.UNPOWERED:
-            self.state, self.done_at, ch = ServerState.BOOTING, t + self.p.boot_s, True
-            self._log(t, "servers_booting", "")
-        return ch
-
-
 class Plant:
     """Everything around the controller. Call order: ``advance``/``set_*`` with non-decreasing
     ``now``; every ``set_*`` first advances to ``now``."""
@@ -431,19 +369,17 @@ class Plant:
     def set_input(self, now: float, name: str, value: bool) -> None:
         """Scenario-set inputs: ``e_stop`` (stops the engine) and ``gen_not_in_auto`` (the genset
         ignores start commands)."""
-        self.advance(now)
-        if name == "e_stop":
-            self.generator.e_stop = bool(value)
-        elif name == "gen_not_in_auto":
-            self.generator.not_in_auto = bool(value)
-        else:
+        if name not in ("e_stop", "gen_not_in_auto"):
             raise ValueError(f"{name!r} is not a scenario-set input")
+        self.advance(now)
+        setattr(self.generator, "e_stop" if name == "e_stop" else "not_in_auto", bool(value))
         self._settle(now)
 
     def set_param(self, now: float, name: str, value) -> None:
         """Change a parameter mid-run (sabotage knobs: fails_to_start, dies_at, ups_fault...)."""
         if name in _FIXED_PARAMS or not hasattr(self.params, name):
             raise ValueError(f"{name!r} cannot be changed mid-run")
+        dataclasses.replace(self.params, **{name: value})  # validates
         self.advance(now)
         setattr(self.params, name, value)
         if name == "dies_at":
@@ -472,17 +408,21 @@ class Plant:
         self._act(now, self.servers.request_shutdown)
 
     def set_fsd(self, now: float, active: bool) -> None:
-        """FSD as a level: on -> request_shutdown; off -> a booting server will not act on it."""
+        """FSD as a level (what upsmon sees on the NUT server): while on, running servers shut
+        down and servers that finish booting shut down again; off before a booting server's OS
+        is up and it stays up."""
+        self.advance(now)
+        self.servers.fsd = bool(active)
         if active:
-            self.request_shutdown(now)
+            self.servers.request_shutdown(now)
         else:
-            self.advance(now)
             self.servers.shutdown_latched = False
+        self._settle(now)
 
     # ----------------------------------------------------------------- stepping ----
     def advance(self, now: float) -> None:
-        if now < self.t:
-            raise ValueError(f"time went backwards: {now} < {self.t}")
+        if not math.isfinite(now) or now < self.t:
+            raise ValueError(f"advance to {now}: time must be finite and not go back ({self.t})")
         stuck = 0
         while True:
             e = self._next_event()

@@ -1,4 +1,4 @@
-"""The UPS of the simulated plant: battery, output, shutdown-with-return (see ``agent/plant.py``).
+"""The UPS of the simulated plant and the servers it protects (see ``agent/plant.py``).
 
 Pure model in simulated time: every method takes ``t`` (monotonic seconds) and nothing reads a
 clock. The battery's state of charge is a :class:`Linear` quantity: it changes at a constant rate
@@ -8,6 +8,7 @@ crossing (flat battery, low battery, a runtime margin) has an exact time the pla
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -59,10 +60,15 @@ class Linear:
         """New rate from ``t`` on, keeping each ``le(th)`` in ``keep`` as it was at ``t``."""
         was = [(th, self.le(th, t)) for th in keep]
         self.t0, self.v0, self.rate = t, self.value(t), rate
-        for th, before in was:  # fix float rounding of a value sitting on a threshold
+        # A value sitting on a threshold at ``t`` keeps its side, by a margin wide enough that
+        # the new crossing time is after ``t`` even in float (a few ulps of ``t``).
+        for th, before in was:
             if self.lo <= th < self.hi and self.le(th, t) != before:
-                v = (th if rate <= 0 else math.nextafter(th, -math.inf)) if before else \
-                    math.nextafter(th, math.inf)
+                nudge = abs(rate) * 4 * math.ulp(t)
+                if before:
+                    v = th if rate <= 0 else min(math.nextafter(th, -math.inf), th - nudge)
+                else:
+                    v = max(math.nextafter(th, math.inf), th + nudge)
                 self.v0 = min(self.hi, max(self.lo, v))
 
     def set(self, t: float, v: float) -> None:
@@ -159,7 +165,7 @@ class Ups:
             if self.output_on:
                 self.output_on = False
                 self._log(t, "ups_output_off", "shutdown command")
-        if self.output_on and not present and self.charge.value(t) <= 1e-12:
+        if self.output_on and not present and self.charge.le(0.0, t):
             self.output_on, self.flat_off, self.off_at, ch = False, True, None, True
             self.charge.set(t, 0.0)
             self._log(t, "ups_output_off", "battery flat")
@@ -223,3 +229,69 @@ class Ups:
             temperature_c=p.temperature_c,
             shutdown_active=self.off_at is not None or self.cut_at is not None,
         )
+
+
+class ServerState(str, enum.Enum):
+    RUNNING = "RUNNING"
+    SHUTTING_DOWN = "SHUTTING_DOWN"
+    HALTED = "HALTED"  # clean: OS off, PSU still powered
+    UNPOWERED = "UNPOWERED"
+    BOOTING = "BOOTING"
+
+
+_OS_UP = (ServerState.RUNNING, ServerState.SHUTTING_DOWN, ServerState.BOOTING)
+
+
+class Servers:
+    """The protected load, with BIOS "restore on AC power"."""
+
+    def __init__(self, p, now: float, log: LogFn) -> None:
+        self.p, self._log = p, log
+        self.state = ServerState(p.servers_state)
+        self.done_at: float | None = None
+        if self.state is ServerState.SHUTTING_DOWN:
+            self.done_at = now + p.shutdown_s
+        elif self.state is ServerState.BOOTING:
+            self.done_at = now + p.boot_s
+        self.shutdown_latched = False  # FSD seen while booting: upsmon acts once the OS is up
+        self.fsd = False  # FSD as a level on the NUT server: a server that boots into it obeys
+        self.hard_power_losses = 0
+
+    @property
+    def load_pct(self) -> float:
+        if self.state is ServerState.UNPOWERED:
+            return 0.0
+        return self.p.halted_load_pct if self.state is ServerState.HALTED else self.p.load_pct
+
+    def request_shutdown(self, t: float) -> None:
+        """FSD reached the servers' upsmon. While booting it acts once the OS is up."""
+        if self.state is ServerState.RUNNING:
+            self.state, self.done_at = ServerState.SHUTTING_DOWN, t + self.p.shutdown_s
+            self._log(t, "servers_shutting_down", "")
+        elif self.state is ServerState.BOOTING:
+            self.shutdown_latched = True
+
+    def settle(self, t: float, powered: bool) -> bool:
+        ch = False
+        if self.done_at is not None and t >= self.done_at:
+            ch, self.done_at = True, None
+            if self.state is ServerState.SHUTTING_DOWN:
+                self.state = ServerState.HALTED
+                self._log(t, "servers_halted", "")
+            elif self.state is ServerState.BOOTING:
+                self.state = ServerState.RUNNING
+                self._log(t, "servers_booted", "")
+                if self.shutdown_latched or self.fsd:
+                    self.shutdown_latched = False
+                    self.request_shutdown(t)
+        if not powered and self.state is not ServerState.UNPOWERED:
+            if self.state in _OS_UP:
+                self.hard_power_losses += 1
+                self._log(t, "servers_hard_power_loss", self.state.value)
+            else:
+                self._log(t, "servers_unpowered", "clean")
+            self.state, self.done_at, self.shutdown_latched, ch = ServerState.UNPOWERED, None, False, True
+        elif powered and self.state is ServerState.UNPOWERED:
+            self.state, self.done_at, ch = ServerState.BOOTING, t + self.p.boot_s, True
+            self._log(t, "servers_booting", "")
+        return ch

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from agent import amf, config
 from agent.clock import FakeClock, SimulatedWall
@@ -27,6 +27,7 @@ from agent.simhw import SimHardware
 from agent.store import Store
 
 _PLANT_FIELDS = {f.name for f in fields(PlantParams)} - {"profile", "ats_mode"}
+_PLANT_CHECK = TypeAdapter(PlantParams)  # field types plus PlantParams.__post_init__ ranges
 _IDLE_POLL_S = 60.0  # UPS on line: a slow poll is enough; any plant change polls sooner
 
 
@@ -72,12 +73,20 @@ class Scenario(BaseModel):
     plant: dict[str, Any] = Field(default_factory=dict)  # PlantParams fields
     events: list[ScenarioEvent] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _plant_keys(self) -> "Scenario":
-        bad = sorted(set(self.plant) - _PLANT_FIELDS)
+    @field_validator("plant")
+    @classmethod
+    def _plant_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # A field validator (not a model one), so the problem is reported at the `plant:` line.
+        bad = sorted(set(v) - _PLANT_FIELDS)
         if bad:
             raise ValueError(f"unknown plant parameter(s) {', '.join(bad)}; known: {', '.join(sorted(_PLANT_FIELDS))}")
-        return self
+        try:  # types and ranges now, so a bad value is a FILE:LINE problem and not a traceback later
+            checked = _PLANT_CHECK.validate_python(v)
+        except ValidationError as e:
+            raise ValueError("; ".join(
+                f"{'.'.join(map(str, err['loc'])) + ': ' if err['loc'] else ''}"
+                f"{str(err['msg']).removeprefix('Value error, ')}" for err in e.errors())) from None
+        return {k: getattr(checked, k) for k in v}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -88,13 +97,24 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_scenario(path: str) -> tuple[Scenario, config.SiteConfig]:
-    """Scenario and its site config (overrides applied). Raises config.ConfigError."""
+    """Scenario and its site config (overrides applied). Raises config.ConfigError, every problem
+    pointing at a line of the scenario file (or of the site config it names)."""
     scn = config.load_model(path, Scenario)
+    with open(path, encoding="utf-8-sig") as f:  # already parsed once: this cannot fail now
+        _, lines = config.read_yaml_lines(f.read(), path)
     cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), scn.config)
+    if not os.path.isfile(cfg_path):  # point at the scenario's `config:` line, not at a missing file
+        raise config.ConfigError([config.Problem(
+            "config", config.line_of(lines, "config"),
+            f"site config {cfg_path} does not exist (a relative path is relative to the scenario file)")], str(path))
     site = config.load_config(cfg_path)
     if scn.overrides:
         merged = _merge(site.model_dump(mode="json", exclude_none=True), scn.overrides)
-        site = config.parse_config(yaml.safe_dump(merged), f"{path} (config {scn.config} + overrides)")
+        try:
+            site = config.parse_config(yaml.safe_dump(merged), path)
+        except config.ConfigError as e:  # the overrides are what changed: point into them
+            raise config.ConfigError([config.Problem(f"overrides.{p.path}", config.line_of(lines, p.path, ("overrides",)),
+                                                     p.message) for p in e.problems], str(path)) from None
     return scn, site
 
 
@@ -227,6 +247,7 @@ class Simulation:
             self._plant_log()
             while i < len(events) and events[i].at_s <= t:
                 self._apply(events[i], t)
+                self._plant_log()  # what the event did to the plant, before the controller's reaction
                 i += 1
                 changed = True
             if changed:  # the UPS notices within one poll interval, as a real link would

@@ -27,10 +27,14 @@ ensure_env() {  # ensure_env EXTRAS  (e.g. "test" or "test,central")
   [ -x .venv/bin/python ] || "$py" -m venv .venv
   local stamp=".venv/.siaga-installed-$extras"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml" \
-      || { echo "setup: installing the Python packages failed" >&2; exit 1; }
+    echo "setup: installing Python packages into .venv (log: .venv/pip-install.log)" >&2
+    if ! .venv/bin/python -m pip install -q -e ".[$extras]" >.venv/pip-install.log 2>&1; then
+      tail -30 .venv/pip-install.log >&2
+      echo "setup: installing the Python packages failed (full log: .venv/pip-install.log)" >&2
+      exit 1
+    fi
+    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis" \
+      || { echo "setup: the installed environment is incomplete" >&2; exit 1; }
     touch "$stamp"
   fi
 }

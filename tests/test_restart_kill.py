@@ -156,20 +156,21 @@ def test_sigkill_in_every_state(state: str, tmp_path: Path) -> None:
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
         assert after["boot"] == 2
 
+        ctx = f"before kill {world_before}; after restart {after['state']} {world_after}"
         if carrying:  # the generator that carried the load still does, and never let go
-            assert world_after["start_drops"] == 0
-            assert world_after["generator_running"] and world_after["ats"] == "generator"
-            assert after["outputs"]["start"] and after["outputs"]["transfer"]
+            assert world_after["start_drops"] == 0, ctx
+            assert world_after["generator_running"] and world_after["ats"] == "generator", ctx
+            assert after["outputs"]["start"] and after["outputs"]["transfer"], ctx
             assert after["state"] in ("ON_GENERATOR", "MAINS_RETURNING"), after["state"]
         if state in RUNNING:  # running but unloaded (warm-up, cool-down, stopping): never stops at once
-            assert world_after["generator_running"] or state == "STOPPING"
-            assert after["state"] in RUNNING or after["state"] == "MAINS_OK" and state == "STOPPING", after["state"]
+            assert world_after["generator_running"] or state == "STOPPING", ctx
+            assert after["state"] in RUNNING or after["state"] == "MAINS_OK" and state == "STOPPING", ctx
         if state == "LOCKOUT":  # a lockout survives a restart: no fresh cranking
             assert after["state"] == "LOCKOUT" and "fail_to_start" in after["alarms"]
         if state == "CRANK_REST":  # attempts survive: at most crank_attempts in total
             agent.wait_state("LOCKOUT", timeout=60)
             attempts = [r for r in agent.journal() if r["name"] == "start_attempt"]
             assert len(attempts) == TIMERS["crank_attempts"]
-        assert world_after["hard_power_losses"] == 0
+        assert world_after["hard_power_losses"] == 0, ctx
     finally:
         agent.stop()
