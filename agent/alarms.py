@@ -18,6 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LATCHING = frozenset({"fail_to_start", "gen_failed_while_running", "watchdog_reset"})
+# Acknowledged only once the condition is gone: an e-stop is reset after it is released, never
+# while it is still pressed, so a reset can never arm a restart (ISO 13850).
+ACK_AFTER_RELEASE = frozenset({"e_stop"})
 
 
 @dataclass
@@ -82,7 +85,7 @@ class AlarmBook:
         out: list[AlarmChanged] = []
         for n in names:
             a = self._alarms.get(n)
-            if a is None:
+            if a is None or (n in ACK_AFTER_RELEASE and a.active):
                 continue
             if n in LATCHING and a.active:
                 a.active = False

@@ -242,7 +242,8 @@ class Controller:
         else:
             new = State.MAINS_OK
         c.state = new
-        c.outputs = c._desired_outputs()
+        c.outputs.update({k: bool(v) for k, v in (snap.get("outputs") or {}).items() if k in c.outputs})
+        c.outputs = c._desired_outputs()  # from the resumed state; MAINS_RETURNING keeps the stored transfer
         fx.append(Note("resumed", {"stored_state": old.value, "state": new.value,
                                    "gen_running": running, "mains": mains}))
         if new is State.CRANK_REST and c.attempt >= settings.crank_attempts:
@@ -332,7 +333,12 @@ class Controller:
                 return False, f"unknown alarm {alarm!r}"
             changes = self.alarms.acknowledge(alarm)
             fx += changes
-            return True, f"acknowledged {len([c for c in changes if c.status == 'acknowledged'])} alarm(s)"
+            msg = f"acknowledged {len([c for c in changes if c.status == 'acknowledged'])} alarm(s)"
+            if alarm in (None, "e_stop") and self.alarms.is_active("e_stop"):
+                if alarm == "e_stop":
+                    return False, "release the e-stop first: it can only be reset once released"
+                msg += "; e_stop not reset: release it first"
+            return True, msg
         if name == "service_done":
             self.counters["service_base_run_s"] = self.run_s_total(now)
             fx += self.alarms.set("service_due", False)
@@ -425,13 +431,20 @@ class Controller:
             if self._lockout_pending():
                 return self._lockout("protective_shutdown", now, fx, "protective alarm")
         if st in _RUNNING and self._gen_lost(now):
-            if self.run_started_at is not None and now < self.timers.get("safety_on", 0.0):
-                if st is State.COOLING_DOWN:  # the run was ending anyway: no new attempt for it
-                    return self._go("cooled_down", State.STOPPING, now, fx,
-                                    "engine stopped within safety_on_delay_s", s.fail_to_stop_s)
-                return self._attempt_failed(now, fx, "false start: stopped within safety_on_delay_s")
-            fx += self.alarms.set("gen_failed_while_running", True, f"in {st.value}")
-            return self._lockout("gen_failed", now, fx, "generator stopped by itself")
+            # Confirm for gen_lost_confirm_s: GPIO edges arrive in any order on a Pi, and an
+            # e-stop that stops the engine must be seen as the e-stop, not as a failure. Until
+            # then the state's own logic goes on as usual.
+            if now >= self.timers.setdefault("gen_lost", now + s.gen_lost_confirm_s):
+                del self.timers["gen_lost"]
+                if self.run_started_at is not None and now < self.timers.get("safety_on", 0.0):
+                    if st is State.COOLING_DOWN:  # the run was ending anyway: no new attempt for it
+                        return self._go("cooled_down", State.STOPPING, now, fx,
+                                        "engine stopped within safety_on_delay_s", s.fail_to_stop_s)
+                    return self._attempt_failed(now, fx, "false start: stopped within safety_on_delay_s")
+                fx += self.alarms.set("gen_failed_while_running", True, f"in {st.value}")
+                return self._lockout("gen_failed", now, fx, "generator stopped by itself")
+        else:
+            self.timers.pop("gen_lost", None)
 
         if st is State.MAINS_OK:
             if self.mode is Mode.AUTO and mains is False:
@@ -563,6 +576,8 @@ class Controller:
         self.reason, self.attempt = reason, 0
         self.starts = self._recent_starts(now) + [now]
         self.counters["starts"] += 1
+        if len(self.starts) >= self.s.max_starts_per_hour:
+            self.chatter_hold = True  # this start reached the limit: hold the next run on
         delay = self.s.start_delay_s if reason is RunReason.MAINS_FAILURE and not self._ups_critical() else 0.0
         key = "mains_fail_confirmed" if self.state is State.MAINS_FAILING else "run_requested"
         self._go(key, State.START_DELAY, now, fx, f"{reason.value}; start_delay {delay:g}s", delay)
@@ -648,7 +663,10 @@ class Controller:
         # runtime under the margin. fsd_lead_s keeps the margin true by the time it is acted on.
         below = bool(u and u.on_battery and u.runtime_s is not None and u.runtime_s < s.runtime_margin_s + s.fsd_lead_s)
         need = below or bool(u and u.on_battery and u.low_battery and s.fsd_on_low_battery)
-        fx += self.alarms.set("ups_runtime_below_margin", below, f"runtime {u.runtime_s:.0f}s" if below and u and u.runtime_s is not None else "")
+        # Stays raised while FSD holds on battery (servers halting lower the load and so raise the
+        # runtime estimate again: that is not news for the technician).
+        fx += self.alarms.set("ups_runtime_below_margin", below or bool(self.fsd and u and u.on_battery),
+                              f"runtime {u.runtime_s:.0f}s" if below and u and u.runtime_s is not None else "")
         if need:
             self.timers.pop("fsd_clear", None)  # any dip restarts the wait for stable power
         if need and not self.fsd:
@@ -668,8 +686,8 @@ class Controller:
         # Chatter: too many start sequences in the last hour.
         recent = self._recent_starts(now)
         chatter = len(recent) >= s.max_starts_per_hour
-        fx += self.alarms.set("mains_chatter", chatter, f"{len(recent)} starts in the last hour")
-        self.chatter_hold = self.chatter_hold or chatter
+        # Raised while the starts limit is reached and while the generator is held on for it.
+        fx += self.alarms.set("mains_chatter", chatter or self.chatter_hold, f"{len(recent)} starts in the last hour")
         if recent:
             self.timers["chatter"] = recent[0] + HOUR_S
         else:
@@ -738,6 +756,9 @@ class Controller:
             "start": st in _START_ON,
             "crank": crank and st is State.CRANKING and not self.fired,
             "preheat": crank and (st is State.PREHEATING or (st is State.CRANKING and not self.fired and self.s.preheat_s > 0)),
-            "transfer": st in (State.ON_GENERATOR, State.MAINS_RETURNING) and self._load_wanted() and self.s.has_transfer_output,
+            # MAINS_RETURNING keeps the load where it is: on the generator if it got there, on
+            # mains if mains came back during warm-up (a cold genset is never loaded then).
+            "transfer": self.s.has_transfer_output and self._load_wanted() and (
+                st is State.ON_GENERATOR or (st is State.MAINS_RETURNING and self.outputs["transfer"])),
             "alarm": st is State.LOCKOUT or (self.s.alarm_output_on_unacked and self.alarms.any_unacked()),
         }

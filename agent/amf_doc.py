@@ -59,6 +59,8 @@ MEANINGS: dict[str, str] = {
     "fail_to_stop_s": "After the run contact opens: fail_to_stop alarm if the engine still runs after this",
     "min_run_s": "Shortest run once started: the return to mains waits at least until then",
     "max_run_alarm_s": "max_run_exceeded alarm when one run is longer (alarm only: the genset keeps running)",
+    "gen_lost_confirm_s": "The running signal must stay gone this long before the generator counts as "
+                          "failed; an e-stop seen meanwhile is reported as the e-stop",
     "starter_lockout_s": "No crank this soon after the last crank disconnect, failed attempt or stop "
                          "(the engine may still turn)",
     "max_starts_per_hour": "Start sequences per rolling hour; reaching it raises mains_chatter, and a "
@@ -107,7 +109,7 @@ CONFIG_KEYS: dict[str, str] = {
 TIMER_FIELDS = ("mains_fail_delay_s", "start_delay_s", "crank_time_s", "crank_rest_s", "crank_attempts",
                 "preheat_s", "safety_on_delay_s", "warm_up_s", "gen_ready_timeout_s", "assumed_start_s",
                 "mains_return_delay_s", "cool_down_s", "fail_to_stop_s", "min_run_s", "max_run_alarm_s",
-                "starter_lockout_s")
+                "starter_lockout_s", "gen_lost_confirm_s")
 
 
 def config_key(name: str) -> str:

@@ -129,6 +129,7 @@ class Settings:
     min_run_s: float = 900.0
     max_run_alarm_s: float = 43200.0
     starter_lockout_s: float = 5.0
+    gen_lost_confirm_s: float = 1.0  # running signal gone this long = failed (an e-stop edge wins meanwhile)
     max_starts_per_hour: int = 6
     chatter_hold_s: float = 1800.0  # after chatter, mains must be stable this long to stop
     low_fuel_shutdown: bool = False

@@ -138,6 +138,7 @@ class Timers(_Model):  # names and defaults are those of amf.Settings
     min_run_s: Seconds = _AMF.min_run_s
     max_run_alarm_s: Seconds = _AMF.max_run_alarm_s
     starter_lockout_s: Seconds = _AMF.starter_lockout_s
+    gen_lost_confirm_s: Seconds = _AMF.gen_lost_confirm_s
 
 
 class ExerciseConfig(_Model):
@@ -302,6 +303,10 @@ def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
                     "burns starters)"))
     if rc is amf.Confirm.UPS_INPUT and not cfg.ups.enabled:
         out.append((path, "ups_input needs ups.enabled: true"))
+    if rc is amf.Confirm.UPS_INPUT and outs.transfer is not None:
+        out.append((path, "ups_input cannot work with gpio.outputs.transfer: the UPS sees the "
+                    "generator only after the load is transferred, and the transfer waits for "
+                    "running to be confirmed; wire gen_running, or let the ATS transfer by itself"))
     lo, hi = cfg.ups.battery_voltage_low_v, cfg.ups.battery_voltage_high_v
     if (lo is None) != (hi is None) or (lo is not None and hi is not None and lo >= hi):
         out.append(("ups.battery_voltage_high_v", "give both battery_voltage_low_v and "

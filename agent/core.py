@@ -32,7 +32,8 @@ from agent.store import JournalEntry, JournalRecord, Store
 log = logging.getLogger("siaga.core")
 
 Sink = Callable[[list[JournalRecord], list[amf.Effect]], None]
-MAX_UNSAVED = 10_000  # journal entries held in memory while the store cannot be written
+MAX_UNSAVED = 10_000
+MOMENTARY_OUTPUTS = ("crank", "preheat")  # switched off when the agent stops; the rest are held  # journal entries held in memory while the store cannot be written
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,11 @@ class Core:
         c = self.controller
         assert c is not None, "boot() first"
         if isinstance(event, _Stop):
-            self._commit([], now, force=True)
+            # Leave the start and transfer relays as decided (a restart must not drop a generator
+            # on load), but never leave the starter or glow plugs on while nobody watches them.
+            fx: list[amf.Effect] = [amf.Note("agent_stopping", {})]
+            fx += [amf.SetOutput(n, False) for n in MOMENTARY_OUTPUTS if c.outputs.get(n)]
+            self._commit(fx, now, force=True)
             return False
         if isinstance(event, Call):
             try:

@@ -15,6 +15,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -207,6 +208,13 @@ def main(config_path: str, log_level: str = "INFO") -> int:
             world_thread.join(timeout=2.0)
         if ctl:
             ctl.close()
-        pins.close(release_outputs=False)  # leave the relays as decided; the wiring owns "stopped"
+        pins.close(release_outputs=False)
         store.close()
-    return 0
+    # Exit without running atexit handlers: gpiozero's would close every output device, and on
+    # lgpio closing re-claims the line as a floating input, which (with most relay boards) drops
+    # the start relay. A restart of the agent must not stop a generator that carries the load:
+    # the kernel keeps the lines at their last level until the next agent claims them with the
+    # resumed values (docs/amf.md, "Wiring decision").
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

@@ -45,6 +45,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from benchlib import git_rev  # noqa: E402
 
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
 
@@ -299,17 +302,6 @@ def fs_of(path: str) -> str:
     except OSError:
         pass
     return f"{fstype} ({best or '?'})"
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("+dirty(agent/)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def main() -> int:

@@ -32,22 +32,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+
+from benchlib import git_rev  # noqa: E402
 
 from agent.simulate import Simulation, load_scenario  # noqa: E402
 
 GOAL_S = 3.0
 DEFAULT_SCENARIO = os.path.join(ROOT, "bench", "scenarios", "month.yaml")
-
-
-def git_rev() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agent"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return rev + ("+dirty(agent/)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def peak_rss_mib() -> float:

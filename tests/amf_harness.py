@@ -220,6 +220,7 @@ def quick(**overrides) -> Settings:
         crank_attempts=3, safety_on_delay_s=10.0, warm_up_s=30.0, gen_ready_timeout_s=20.0,
         mains_return_delay_s=60.0, cool_down_s=40.0, fail_to_stop_s=15.0, min_run_s=0.0,
         starter_lockout_s=5.0, assumed_start_s=8.0,
+        gen_lost_confirm_s=0.0,  # the confirmation window has its own tests (test_amf.py)
     )
     base.update(overrides)
     return Settings(**base)

@@ -457,8 +457,8 @@ def test_min_run_extends_the_return_delay():
     assert sim.now == 109.0 + 900.0
 
 
-def scenario_chatter() -> Sim:
-    sim = outage_sim(max_starts_per_hour=2, chatter_hold_s=600.0, mains_return_delay_s=60.0,
+def scenario_chatter(chatter_hold_s: float = 600.0) -> Sim:
+    sim = outage_sim(max_starts_per_hour=2, chatter_hold_s=chatter_hold_s, mains_return_delay_s=60.0,
                      min_run_s=0.0)
     for k in range(2):  # two outages, each with a start
         sim.inputs(mains=False)
@@ -581,13 +581,67 @@ def test_e_stop_release_alone_does_not_clear_release_and_ack_does():
     assert sim.keys(since=sim.now)[:2] == ["lockout_cleared", "mains_lost"]
 
 
-def test_e_stop_ack_while_pressed_clears_on_release():
+def test_e_stop_is_reset_only_after_release():
+    """ISO 13850: resetting the e-stop must not arm a restart. An acknowledgement given while it
+    is still pressed does not count; after release the lockout holds until acknowledged."""
     sim = on_generator()
     sim.inputs(e_stop=True)
-    assert sim.cmd("ack").ok
-    assert sim.state is S.LOCKOUT  # still pressed
+    res = sim.cmd("ack", alarm="e_stop")
+    assert not res.ok and "release" in res.message
+    res = sim.cmd("ack")  # acknowledge all: the rest yes, the pressed e-stop no
+    assert res.ok and "e_stop not reset" in res.message
+    assert sim.state is S.LOCKOUT
     sim.inputs(e_stop=False)
-    assert sim.state is not S.LOCKOUT
+    sim.advance(600)
+    assert sim.state is S.LOCKOUT and not sim.outputs["start"]  # no restart on release
+    assert sim.cmd("ack").ok
+    assert sim.state is not S.LOCKOUT  # reset after release: AUTO may start again
+
+
+def test_engine_stopping_before_the_e_stop_edge_is_reported_as_e_stop():
+    """On a Pi the two edges can arrive in either order: the running signal dropping first must
+    not be taken for a generator failure while the e-stop edge is still on its way."""
+    sim = on_generator(gen_lost_confirm_s=1.0)
+    sim.inputs(gen_running=False)
+    assert sim.state is S.ON_GENERATOR  # not yet: confirmation window
+    sim.advance(0.3)
+    sim.inputs(e_stop=True)
+    assert sim.state is S.LOCKOUT
+    assert sim.c.alarms.is_active("e_stop") and not sim.c.alarms.is_pending("gen_failed_while_running")
+
+
+def test_running_signal_gone_for_the_confirm_window_is_a_failure_and_a_blip_is_not():
+    sim = on_generator(gen_lost_confirm_s=1.0)
+    sim.inputs(gen_running=False)
+    sim.advance(0.5)
+    sim.inputs(gen_running=True)  # a blip on the sense line
+    sim.advance(5)
+    assert sim.state is S.ON_GENERATOR and not sim.c.alarms.is_pending("gen_failed_while_running")
+    sim.inputs(gen_running=False)
+    sim.advance(0.99)
+    assert sim.state is S.ON_GENERATOR
+    sim.advance(0.01)
+    assert sim.state is S.LOCKOUT and sim.c.alarms.is_active("gen_failed_while_running")
+
+
+def test_mains_back_during_warm_up_never_loads_the_cold_generator():
+    sim = outage_sim()
+    sim.inputs(mains=False)
+    start_generator(sim)
+    sim.until_state(S.WARMING_UP)
+    sim.advance(5)
+    sim.inputs(mains=True)
+    assert sim.state is S.MAINS_RETURNING and not sim.outputs["transfer"]
+    sim.until_state(S.COOLING_DOWN)
+    assert not any(e.on for e in sim.effects(SetOutput) if e.name == "transfer")
+
+
+def test_chatter_alarm_stays_while_the_generator_is_held_on():
+    sim = scenario_chatter(chatter_hold_s=2 * HOUR_S)
+    assert sim.state is S.MAINS_RETURNING
+    first, _ = sim.entered(S.START_DELAY)
+    sim.advance_to(first + HOUR_S + 1)  # the starts have aged out, but the hold still runs
+    assert sim.state is S.MAINS_RETURNING and sim.c.alarms.is_active("mains_chatter")
 
 
 @pytest.mark.parametrize("mode, name, args", [

@@ -134,7 +134,6 @@ def test_amf_settings_maps_values_through():
     start: {pin: 5}
     crank: {pin: 19}
     preheat: {pin: 26}
-    transfer: {pin: 6}
 """).replace("    gen_running: {pin: 27}\n", "    gen_running: {pin: 27}\n"
              "    engine_running: {pin: 24}\n") + """\
 ups:
@@ -156,7 +155,7 @@ shutdown: {runtime_margin_s: 420, on_low_battery: false, fsd_clear_after_s: 99}
 """
     s = config.amf_settings(parse_config(text))
     assert s.profile is amf.Profile.CRANK and s.confirm is amf.Confirm.UPS_INPUT
-    assert s.has_transfer_output and s.has_gen_sense and s.has_engine_running and s.has_preheat
+    assert not s.has_transfer_output and s.has_gen_sense and s.has_engine_running and s.has_preheat
     assert (s.mains_fail_delay_s, s.crank_time_s, s.crank_attempts, s.preheat_s) == (4, 7, 5, 6)
     assert (s.min_run_s, s.starter_lockout_s, s.gen_ready_timeout_s) == (1200, 9, 45)
     assert (s.max_starts_per_hour, s.chatter_hold_s, s.low_fuel_shutdown) == (4, 900, True)
@@ -298,6 +297,12 @@ def test_assumed_only_with_two_wire():
     assert_rejected(text, "generator.running_confirmation", "assumed", "two_wire")
     cfg = parse_config(BASE + "generator:\n  running_confirmation: assumed\n")
     assert any("open loop" in w for w in config.config_warnings(cfg))
+
+
+def test_ups_input_cannot_confirm_through_a_controlled_transfer():
+    text = BASE.replace("    start: {pin: 5}\n", "    start: {pin: 5}\n    transfer: {pin: 6}\n") \
+        + "generator:\n  running_confirmation: ups_input\n"
+    assert_rejected(text, "generator.running_confirmation", "ups_input", "transfer")
 
 
 def test_ups_input_needs_ups():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -85,8 +86,9 @@ class Rig:
     physical levels the plant presents (driven after the Pins exist: the mock applies the pull
     resistor when an input device is created)."""
 
-    def __init__(self, db, factory: MockFactory, inputs: dict[str, bool], clock: FakeClock | None = None) -> None:
-        self.site = parse_config(SITE_YAML, "test-office.yaml")
+    def __init__(self, db, factory: MockFactory, inputs: dict[str, bool], clock: FakeClock | None = None,
+                 site_yaml: str | None = None) -> None:
+        self.site = parse_config(site_yaml or SITE_YAML, "test-office.yaml")
         self.s = amf_settings(self.site)
         self.factory = factory
         self.clock = clock or FakeClock(T0)
@@ -500,3 +502,24 @@ def test_restart_while_idle_never_pulses_the_start_relay(tmp_path, new_factory):
     assert new.state is amf.State.MAINS_OK
     assert history(start) == [HIGH]
     assert [r.boot for r in new.store.journal()].count(2) >= 2
+
+
+# --------------------------------------------------------------------------- stop -----------
+def test_stopping_the_agent_releases_the_starter_but_holds_the_run_relay(tmp_path, new_factory):
+    """A clean stop (SIGTERM, systemctl restart) must not drop a generator: the start relay is
+    held. But the starter and glow plugs are momentary and are never left on unattended."""
+    crank_yaml = (Path(__file__).resolve().parents[1] / "firmware_config" / "site-crank.yaml").read_text()
+    rig = Rig(tmp_path / "s.db", new_factory(), {"mains": True, "gen_running": False, "engine_running": False,
+                                                 "e_stop": False}, site_yaml=crank_yaml)
+    rig.boot()
+    s = rig.s
+    rig.clock.set(T0 + 1)
+    rig.drive("mains", False)
+    rig.at(T0 + 1 + s.mains_fail_delay_s + s.start_delay_s + s.preheat_s)
+    assert rig.state is amf.State.CRANKING and rig.energised("crank") and rig.energised("start")
+    rig.core.stop()
+    assert rig.core.run_once(block=False) is False
+    assert not rig.energised("crank") and not rig.energised("preheat")
+    assert rig.energised("start")
+    tail = [(r.kind, r.name, r.detail) for r in rig.store.journal()][-3:]
+    assert ("info", "agent_stopping", {}) in tail and ("output", "crank", {"on": False}) in tail

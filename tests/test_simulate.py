@@ -136,7 +136,7 @@ def test_gen_dies_locks_out_and_shuts_servers_down_before_the_battery_is_flat():
     s, summary = amf_settings(site), result["summary"]
     assert "gen_failed_while_running" in summary["alarms"]
     died = first_t(result, "scenario", "generator_fail")
-    assert first_t(result, "controller", "LOCKOUT") == died
+    assert first_t(result, "controller", "LOCKOUT") == died + s.gen_lost_confirm_s  # confirmed, then locked out
     assert summary["final_state"] == "LOCKOUT"  # stays locked out until someone acknowledges
     assert summary["gen_start_attempts"] == 1
     assert summary["fsd_at_s"] is not None and died < summary["fsd_at_s"]
