@@ -37,7 +37,6 @@ import queue
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading

@@ -26,7 +26,6 @@ import platform
 import pstats
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
