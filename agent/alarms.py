@@ -97,6 +97,13 @@ class AlarmBook:
                 del self._alarms[n]
         return out
 
+    def forget(self, name: str, detail: str = "") -> list[AlarmChanged]:
+        """Drop an alarm whose source no longer exists (an input removed from the config):
+        nothing could ever clear or release it, and it would hold a lockout for ever."""
+        if self._alarms.pop(name, None) is None:
+            return []
+        return [AlarmChanged(name, "cleared", detail)]
+
     # --- persistence -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, dict]:
         return {n: {"active": a.active, "acked": a.acked, "detail": a.detail} for n, a in self._alarms.items()}

@@ -20,6 +20,8 @@ Vocabulary (see docs/amf.md for the diagram and the generated transition table):
 
 from __future__ import annotations
 
+import dataclasses
+
 from agent.alarms import AlarmBook
 from agent.amf_types import (  # noqa: F401  (re-exported: agent.amf is the public name)
     CRANK_TIME_HARD_CAP_S,
@@ -111,6 +113,8 @@ class Controller:
         self.timers: dict[str, float] = {}  # name -> monotonic deadline
         self.inputs: dict[str, bool | None] = {n: None for n in INPUT_NAMES}
         self.ups: UpsStatus | None = None
+        self.ups_at = now  # when self.ups was read
+        self.ups_lost_at: float | None = None  # link lost since (the reading is then aged)
         self.alarms = AlarmBook()
         self.outputs: dict[str, bool] = {n: False for n in OUTPUT_NAMES}
         self.attempt = 0  # start attempts made in the current start sequence
@@ -136,13 +140,15 @@ class Controller:
         if isinstance(event, Input):
             self._on_input(event, fx)
         elif isinstance(event, UpsStatus):
-            self.ups = event
+            self.ups, self.ups_at, self.ups_lost_at = event, now, None
             self._ups_alarms(fx)
         elif isinstance(event, ExternalAlarm):
             if event.name in EXTERNAL_ALARMS:
                 fx += self.alarms.set(event.name, event.active, event.detail)
-                if event.name == "ups_link_lost" and event.active:
-                    self.ups = None  # stale: decide nothing on old battery figures
+                if event.name == "ups_link_lost":
+                    # Keep the last reading but age it: on battery, its runtime counts down from
+                    # when it was read, so the servers are still shut down in time (_ups_now).
+                    self.ups_lost_at = now if event.active else None
         elif isinstance(event, WallClock):
             self.wall, self.wall_mono = event, now
             if event.synced and not self.counters["last_exercise_wall"]:
@@ -170,7 +176,8 @@ class Controller:
         counters = dict(self.counters, run_s=self.run_s_total(now))
         return {
             "v": 1, "mode": self.mode.value, "state": self.state.value, "reason": self.reason.value,
-            "attempt": self.attempt, "fsd": self.fsd, "chatter_hold": self.chatter_hold, "alarms": self.alarms.snapshot(),
+            "attempt": self.attempt, "fsd": self.fsd, "chatter_hold": self.chatter_hold,
+            "in_safety_window": "safety_on" in self.timers, "alarms": self.alarms.snapshot(),
             "counters": counters, "outputs": dict(self.outputs),
             "run": {"on_load": self.run_on_load, "duration_s": self.run_duration_s},
         }
@@ -214,6 +221,8 @@ class Controller:
         for name in ("e_stop", "low_fuel", "gen_not_in_auto"):  # levels seen at boot (as _on_input)
             if c.inputs[name]:
                 fx += c.alarms.set(name, True)
+            elif c.inputs[name] is None and c.alarms.is_pending(name):  # input no longer wired
+                fx += c.alarms.forget(name, "input no longer configured")
         if c.inputs["e_stop"] or any(c.alarms.is_pending(a) for a in c._lockout_alarms()):
             c.state, new = State.LOCKOUT, State.LOCKOUT
         elif running:
@@ -233,8 +242,13 @@ class Controller:
                 new = old if old in (State.COOLING_DOWN, State.STOPPING) else State.MAINS_RETURNING
                 c.timers["state"] = now + (settings.cool_down_s if new is State.COOLING_DOWN else
                                            settings.fail_to_stop_s if new is State.STOPPING else
-                                           settings.mains_return_delay_s)
-        elif old in _START_SEQUENCE and (mains is False or reason is not RunReason.MAINS_FAILURE):
+                                           c._return_delay(now))
+        elif (old in _START_SEQUENCE and (mains is False or reason is not RunReason.MAINS_FAILURE)) or (
+                old in _RUNNING and mains is False and snap.get("in_safety_window")):
+            # A start under way, or an engine that died within its safety window while the agent
+            # was down (a false start): go on with the attempts already made, so restarts never
+            # add cranks. A generator that had run past that window and stopped (the Pi rebooted
+            # and dropped its start relay) is healthy: it gets a fresh start below.
             c.reason, c.attempt = reason, int(snap.get("attempt", 0))
             c.starter_free_at = now + settings.starter_lockout_s
             new = State.CRANK_REST
@@ -246,6 +260,8 @@ class Controller:
         c.outputs = c._desired_outputs()  # from the resumed state; MAINS_RETURNING keeps the stored transfer
         fx.append(Note("resumed", {"stored_state": old.value, "state": new.value,
                                    "gen_running": running, "mains": mains}))
+        if c.fsd:  # sinks (NUT server) learn it from effects: say it again after a restart
+            fx.append(FsdRequest(True, "restored after restart"))
         if new is State.CRANK_REST and c.attempt >= settings.crank_attempts:
             c._go("fail_to_start", State.LOCKOUT, now, fx, f"{c.attempt} attempts made before restart")
             fx += c.alarms.set("fail_to_start", True, "attempts exhausted across a restart")
@@ -262,8 +278,17 @@ class Controller:
     def _lockout_pending(self) -> bool:
         return bool(self.inputs["e_stop"]) or any(self.alarms.is_pending(a) for a in self._lockout_alarms())
 
-    def _ups_critical(self) -> bool:
+    def _ups_now(self, now: float) -> UpsStatus | None:
+        """The UPS as best known now. With the link lost, the last reading stands, and on
+        battery its runtime counts down from when it was read: a lost cable must not stop the
+        servers from being shut down in time."""
         u = self.ups
+        if u is None or self.ups_lost_at is None or not u.on_battery or u.runtime_s is None:
+            return u
+        return dataclasses.replace(u, runtime_s=max(0.0, u.runtime_s - (now - self.ups_at)))
+
+    def _ups_critical(self, now: float) -> bool:
+        u = self._ups_now(now)
         return bool(u and u.on_battery and (u.low_battery or (
             u.runtime_s is not None and u.runtime_s < self.s.ups_critical_runtime_s)))
 
@@ -327,9 +352,11 @@ class Controller:
     def _command(self, cmd: Command, now: float, fx: list[Effect]) -> tuple[bool, str]:
         name, args, st = cmd.name, cmd.args or {}, self.state
         running = st in _RUNNING
+        if not isinstance(args, dict) or not all(isinstance(v, (str, int, float, bool, type(None))) for v in args.values()):
+            return False, "arguments must be a mapping of plain values"
         if name == "ack":
             alarm = args.get("alarm")
-            if alarm is not None and alarm not in ALARMS:
+            if alarm is not None and (not isinstance(alarm, str) or alarm not in ALARMS):
                 return False, f"unknown alarm {alarm!r}"
             changes = self.alarms.acknowledge(alarm)
             fx += changes
@@ -349,15 +376,19 @@ class Controller:
             except ValueError:
                 return False, f"mode must be AUTO, MANUAL or OFF, not {args.get('mode')!r}"
             self.mode = mode
-            if mode is not Mode.AUTO and st is State.MAINS_FAILING:
+            if (mode is not Mode.AUTO and st is State.MAINS_FAILING) or (
+                    mode is Mode.OFF and st in _START_SEQUENCE and not self.fired):
                 self._go("start_cancelled", State.MAINS_OK, now, fx, f"mode {mode.value}")
+                return True, f"mode {mode.value}; start cancelled"
             elif mode is Mode.OFF and self.reason in (RunReason.TEST, RunReason.EXERCISE, RunReason.MANUAL):
                 self._finish_run(now, fx, "mode OFF")
             elif mode is Mode.AUTO and self.reason is RunReason.MANUAL:
                 self.reason = RunReason.MAINS_FAILURE  # the normal return/cool-down/stop follows
                 if self._mains() and st in (State.WARMING_UP, State.ON_GENERATOR):
                     self._go("auto_resumed", State.MAINS_RETURNING, now, fx, "mode AUTO", self._return_delay(now))
-            if self.reason is RunReason.MAINS_FAILURE and (running or st in _START_SEQUENCE) and mode is not Mode.AUTO:
+            if self.reason is RunReason.MAINS_FAILURE and st in _START_SEQUENCE and mode is Mode.MANUAL:
+                return True, "mode MANUAL; the start under way goes on (`stop` ends it)"
+            if self.reason is RunReason.MAINS_FAILURE and running and mode is not Mode.AUTO:
                 return True, f"mode {mode.value}; the generator keeps carrying the load until mains returns"
             return True, f"mode {mode.value}"
         if name == "start":
@@ -375,9 +406,13 @@ class Controller:
                 return False, "duration_s must be a number of seconds"
             if not 60.0 <= duration <= 4 * HOUR_S:
                 return False, "duration_s must be between 60 and 14400"
-            return self._request_run(RunReason.TEST, now, fx, bool(args.get("on_load", False)), duration)
+            on_load = args.get("on_load", False)
+            if not isinstance(on_load, bool):
+                return False, "on_load must be true or false"
+            return self._request_run(RunReason.TEST, now, fx, on_load, duration)
         if name in ("stop", "test_stop"):
-            wanted = (RunReason.MANUAL,) if name == "stop" else (RunReason.TEST, RunReason.EXERCISE)
+            # In MANUAL the technician may also stop a run or start that mains failure began.
+            wanted = (RunReason.MANUAL, RunReason.MAINS_FAILURE) if name == "stop" else (RunReason.TEST, RunReason.EXERCISE)
             if name == "stop" and self.mode is not Mode.MANUAL:
                 return False, "stop is only for MANUAL mode"
             if self.reason not in wanted or not (running or st in _START_SEQUENCE):
@@ -465,7 +500,7 @@ class Controller:
         if st in _START_SEQUENCE and self.reason is RunReason.MAINS_FAILURE and mains is True and not self.fired:
             return self._go("mains_back_early", State.MAINS_OK, now, fx, "mains returned before the generator ran")
         if st is State.START_DELAY:
-            if self._ups_critical() or self._expired("state", now):
+            if self._ups_critical(now) or self._expired("state", now):
                 return self._begin_attempt(now, fx)
             return False
         if st is State.CRANK_REST:
@@ -494,7 +529,7 @@ class Controller:
                 return self._go("mains_returned", State.MAINS_RETURNING, now, fx, "mains back during warm-up", self._return_delay(now))
             if self.reason in (RunReason.TEST, RunReason.EXERCISE) and self._expired("run_end", now):
                 return self._run_end(now, fx)  # a test shorter than the warm-up
-            if self._load_wanted() and self._ups_critical():
+            if self._load_wanted() and self._ups_critical(now):
                 return self._go("warmed_up", State.ON_GENERATOR, now, fx, "UPS critical: warm-up cut short")
             if self._expired("state", now):
                 return self._go("warmed_up", State.ON_GENERATOR, now, fx, "warm_up_s elapsed")
@@ -520,6 +555,8 @@ class Controller:
         if st in (State.COOLING_DOWN, State.STOPPING):
             if self.mode is Mode.AUTO and mains is False and (st is State.COOLING_DOWN or not self._engine_stopped()):
                 self.reason = RunReason.MAINS_FAILURE
+                if st is State.STOPPING:  # it may be running down: a stop now is a false start
+                    self.timers["safety_on"] = now + s.safety_on_delay_s
                 return self._go("mains_failed_again", State.ON_GENERATOR, now, fx, f"mains failed in {st.value}")
             if st is State.COOLING_DOWN:
                 return self._go("cooled_down", State.STOPPING, now, fx, "cool_down_s elapsed", s.fail_to_stop_s) \
@@ -548,6 +585,9 @@ class Controller:
     def _go(self, key: str, new: State, now: float, fx: list[Effect], why: str,
             timer_s: float | None = None) -> bool:
         rule = _RULES[key]
+        if self.state in (State.CRANKING, State.PREHEATING) and new in (State.MAINS_OK, State.LOCKOUT):
+            # An abandoned crank rests the starter too: no back-to-back cranking via commands.
+            self.starter_free_at = max(self.starter_free_at, now + max(self.s.starter_lockout_s, CRANK_REST_MIN_S))
         if new is not rule.target or self.state not in rule.sources:
             fx.append(Note("internal_error", {"rule": key, "from": self.state.value, "to": new.value}))
         fx.append(Transition(self.state, new, f"{key}: {why}"))
@@ -578,7 +618,7 @@ class Controller:
         self.counters["starts"] += 1
         if len(self.starts) >= self.s.max_starts_per_hour:
             self.chatter_hold = True  # this start reached the limit: hold the next run on
-        delay = self.s.start_delay_s if reason is RunReason.MAINS_FAILURE and not self._ups_critical() else 0.0
+        delay = self.s.start_delay_s if reason is RunReason.MAINS_FAILURE and not self._ups_critical(now) else 0.0
         key = "mains_fail_confirmed" if self.state is State.MAINS_FAILING else "run_requested"
         self._go(key, State.START_DELAY, now, fx, f"{reason.value}; start_delay {delay:g}s", delay)
 
@@ -631,9 +671,9 @@ class Controller:
         if self.reason in (RunReason.TEST, RunReason.EXERCISE):
             self.timers["run_end"] = now + self.run_duration_s
         fx.append(Note("generator_running", {"attempt": self.attempt, "after_s": round(now - (self.start_cmd_at or now), 2)}))
-        if self._load_wanted() and (self._ups_critical() or s.warm_up_s <= 0):
+        if self._load_wanted() and (self._ups_critical(now) or s.warm_up_s <= 0):
             return self._go("running_no_warmup", State.ON_GENERATOR, now, fx,
-                            "UPS critical: warm-up skipped" if self._ups_critical() else "no warm-up")
+                            "UPS critical: warm-up skipped" if self._ups_critical(now) else "no warm-up")
         return self._go("running", State.WARMING_UP, now, fx, "warming up", s.warm_up_s)
 
     def _end_run(self, now: float) -> None:
@@ -658,10 +698,19 @@ class Controller:
     # ------------------------------------------------------------------ supervision ---------
     def _supervise(self, now: float, fx: list[Effect]) -> None:
         """Rules that hold in every state: FSD, chatter, sensor agreement, run-time alarms."""
-        s, u = self.s, self.ups
+        s, u = self.s, self._ups_now(now)
+        if u is not None and self.ups_lost_at is not None and u.on_battery and u.runtime_s is not None:
+            # wake when the aged estimate reaches the margin
+            cross = self.ups_at + (self.ups.runtime_s or 0.0) - (s.runtime_margin_s + s.fsd_lead_s)
+            if cross > now and not self.fsd:
+                self.timers["ups_estimate"] = cross
+            else:
+                self.timers.pop("ups_estimate", None)
+        else:
+            self.timers.pop("ups_estimate", None)
         # Shutdown decision: load on battery (so the generator is not carrying it) and the UPS
         # runtime under the margin. fsd_lead_s keeps the margin true by the time it is acted on.
-        below = bool(u and u.on_battery and u.runtime_s is not None and u.runtime_s < s.runtime_margin_s + s.fsd_lead_s)
+        below = bool(u and u.on_battery and u.runtime_s is not None and u.runtime_s <= s.runtime_margin_s + s.fsd_lead_s)
         need = below or bool(u and u.on_battery and u.low_battery and s.fsd_on_low_battery)
         # Stays raised while FSD holds on battery (servers halting lower the load and so raise the
         # runtime estimate again: that is not news for the technician).
@@ -686,6 +735,8 @@ class Controller:
         # Chatter: too many start sequences in the last hour.
         recent = self._recent_starts(now)
         chatter = len(recent) >= s.max_starts_per_hour
+        if self.chatter_hold and self.state is State.MAINS_OK and self._mains() and not chatter:
+            self.chatter_hold = False  # the held run ended some other way and mains is calm now
         # Raised while the starts limit is reached and while the generator is held on for it.
         fx += self.alarms.set("mains_chatter", chatter or self.chatter_hold, f"{len(recent)} starts in the last hour")
         if recent:

@@ -292,6 +292,12 @@ def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
             # for the whole crank_time_s (UPS input voltage is seconds late).
             out.append(("generator.profile", "profile crank needs a crank-disconnect input: "
                         "gpio.inputs.gen_running or gpio.inputs.engine_running"))
+    for name in ("crank", "preheat", "transfer"):
+        pc = getattr(outs, name)
+        if pc is not None and pc.contact == "NC":
+            out.append((f"gpio.outputs.{name}.contact", f"{name} must be wired on a NO contact: on NC "
+                        "a Pi that reboots, hangs or stops would engage it (only start may be NC, "
+                        "as the site's fail-to-run choice)"))
     if gen.timers.preheat_s > 0 and outs.preheat is None:
         out.append(("generator.timers.preheat_s", "preheat_s > 0 needs gpio.outputs.preheat"))
     rc, path = gen.running_confirmation, "generator.running_confirmation"

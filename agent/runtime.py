@@ -167,39 +167,85 @@ class SimWorld:
         return "OK"
 
 
+WDIOF_CARDRESET = 0x0020  # linux/watchdog.h: "card previously reset the CPU"
+
+
+def watchdog_reset_detected(path: str = "/sys/class/watchdog/watchdog0/bootstatus") -> bool:
+    """True when the kernel says the last reset came from the hardware watchdog. Drivers that do
+    not report it (or no watchdog at all) read as False: the alarm is a hint, not a guarantee."""
+    try:
+        with open(path) as f:
+            return bool(int(f.read().strip() or "0", 0) & WDIOF_CARDRESET)
+    except (OSError, ValueError):
+        return False
+
+
 def main(config_path: str, log_level: str = "INFO") -> int:
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load_config(config_path)
     except ConfigError as e:
-        print(e)
+        print(e, file=sys.stderr)
         return 1
+    rc = 0
+    try:
+        _run(cfg)
+    except BaseException:  # whatever it was: log it, and still leave the relays as decided
+        log.exception("siaga stopped by an unexpected error")
+        rc = 1
+    # Exit without running atexit handlers, on every path: gpiozero's would close every output
+    # device, and on lgpio closing re-claims the line as a floating input, which (with most relay
+    # boards) drops the start relay. A restart of the agent must not stop a generator that
+    # carries the load: the kernel keeps the lines at their last level until the next agent
+    # claims them with the resumed values (docs/amf.md, "Wiring decision").
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
+def _open_store(cfg: SiteConfig) -> tuple[Store, str | None]:
+    """The configured store, or (SD card gone read-only, disk full) one in memory: controlling
+    the generator matters more than the journal, which is then held until the next start."""
+    try:
+        return Store.open(cfg.storage.path, cfg.storage.synchronous), None
+    except Exception as e:
+        log.error("cannot open the store %s (%s): running with a store in memory", cfg.storage.path, e)
+        return Store.open(":memory:"), str(e)
+
+
+def _run(cfg: SiteConfig) -> None:
     for w in config_warnings(cfg):
         log.warning("config: %s", w)
-    store = Store.open(cfg.storage.path, cfg.storage.synchronous)
+    store, store_error = _open_store(cfg)
     simulated = cfg.hardware == "simulated"
     factory = make_pin_factory("mock" if simulated else cfg.gpio.pin_factory)
     pins = Pins(cfg.gpio, factory)
     core = Core(amf_settings(cfg), store, pins, MonotonicClock(), SystemWall(cfg.site.timezone),
                 resample_s=cfg.gpio.resample_interval_s)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before boot: a stop during boot is queued too
+        signal.signal(sig, lambda *_: core.stop())
     extra: list[amf.Effect] = []
     if store.recovered_from_corruption:
         extra.append(amf.Note("store_recovered", {"corrupt_file": store.recovered_from_corruption}))
+    watchdog = not simulated and watchdog_reset_detected()
     world = None
     if simulated:
         world = SimWorld(cfg, factory, core, os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "sim-plant.pickle"))
         world.hw.drive_inputs()  # the pins show the world before the core reads them
         core.sinks.append(world.on_effects)
     core.boot(extra)
+    if watchdog:
+        core.post(amf.ExternalAlarm("watchdog_reset", True, "the hardware watchdog reset the Pi"))
+    if store_error:
+        core.post(amf.ExternalAlarm("storage_failed", True, store_error))
     log.info("siaga %s up: boot %d, state %s", cfg.site.id, core.boot_no, core.controller.state.value)
     ctl = None
     if cfg.console.ctl_socket:
         ctl = CtlServer(cfg.console.ctl_socket, core, world.command if world else None)
         ctl.serve_in_thread()
     world_thread = world.start() if world else None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: core.stop())
     try:
         core.run_forever()
     finally:
@@ -210,11 +256,3 @@ def main(config_path: str, log_level: str = "INFO") -> int:
             ctl.close()
         pins.close(release_outputs=False)
         store.close()
-    # Exit without running atexit handlers: gpiozero's would close every output device, and on
-    # lgpio closing re-claims the line as a floating input, which (with most relay boards) drops
-    # the start relay. A restart of the agent must not stop a generator that carries the load:
-    # the kernel keeps the lines at their last level until the next agent claims them with the
-    # resumed values (docs/amf.md, "Wiring decision").
-    logging.shutdown()
-    sys.stdout.flush()
-    os._exit(0)

@@ -89,11 +89,13 @@ def test_resume_running_generator_with_mains_back_never_stops_at_once(state):
 def test_resume_stopped_generator_with_mains_out(state):
     sim = _drive_to(state)
     stored_attempt = sim.c.attempt
+    in_safety = sim.c.snapshot(sim.now)["in_safety_window"]
     new = restart(sim, gen_running=False, mains=False)
     assert not new.booted_outputs["start"] and not new.booted_outputs["transfer"]
     if state is S.LOCKOUT:
         assert new.state is S.LOCKOUT
-    elif state in (S.START_DELAY, S.PREHEATING, S.CRANKING, S.CRANK_REST):
+    elif state in (S.START_DELAY, S.PREHEATING, S.CRANKING, S.CRANK_REST) or in_safety:
+        # a start sequence, or an engine that died within its safety window (a false start):
         # in the middle of a start sequence: the attempts made so far still count
         assert new.state is S.CRANK_REST and new.c.attempt == stored_attempt
     else:
@@ -201,9 +203,11 @@ def test_fsd_survives_resume():
     assert sim.c.fsd
     new = restart(sim, gen_running=False, mains=True)
     assert new.c.fsd
+    t_boot = new.now
+    assert new.fsd() == [(t_boot, True)]  # said again at boot, for the NUT server and MQTT
     new.ups(on_battery=False, runtime_s=10.0)
     new.advance(sim.settings.fsd_clear_after_s)
-    assert not new.c.fsd and new.fsd() == [(new.now, False)]
+    assert not new.c.fsd and new.fsd() == [(t_boot, True), (new.now, False)]
 
 
 @pytest.mark.parametrize("state", [S.WARMING_UP, S.ON_GENERATOR, S.COOLING_DOWN])
@@ -256,3 +260,32 @@ def test_resume_without_snapshot_is_a_fresh_start():
     assert not [e for e in fx if isinstance(e, Transition)]
     c.handle(Input("mains", False), 1.0)
     assert c.state is S.MAINS_FAILING
+
+
+def test_a_false_start_across_a_restart_does_not_add_attempts():
+    """The engine fires on the last attempt, the agent restarts inside the safety window and
+    finds the engine dead: that was a false start, so the attempts are used up (review S4)."""
+    sim = outage_sim(crank_attempts=2)
+    sim.inputs(mains=False)
+    sim.until_state(S.CRANKING)
+    sim.advance(sim.settings.gen_ready_timeout_s)  # attempt 1 fails
+    sim.until_state(S.CRANKING)
+    sim.advance(2)
+    sim.inputs(gen_running=True)  # attempt 2 fires
+    assert sim.state is S.WARMING_UP and sim.c.snapshot(sim.now)["in_safety_window"]
+    new = restart(sim, gen_running=False, mains=False)
+    assert new.state is S.LOCKOUT and new.c.alarms.is_active("fail_to_start")
+
+
+def test_a_generator_that_ran_for_hours_restarts_fresh_after_a_reboot():
+    sim = outage_sim(crank_attempts=2)
+    sim.inputs(mains=False)
+    sim.until_state(S.CRANKING)
+    sim.advance(sim.settings.gen_ready_timeout_s)  # attempt 1 fails, attempt 2 starts it
+    sim.until_state(S.CRANKING)
+    sim.advance(2)
+    sim.inputs(gen_running=True)
+    sim.advance(3600)
+    assert sim.state is S.ON_GENERATOR
+    new = restart(sim, gen_running=False, mains=False)  # the reboot dropped the start relay
+    assert new.state is S.MAINS_FAILING and new.c.attempt == 0

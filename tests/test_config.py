@@ -573,3 +573,15 @@ def test_example_with_one_value_changed_only_raises_config_error(data):
         config.amf_settings(parse_config(text))
     except ConfigError as e:
         assert e.problems
+
+
+@pytest.mark.parametrize("name", ["crank", "preheat", "transfer"])
+def test_only_the_start_output_may_be_wired_normally_closed(name):
+    """A starter, glow plugs or transfer on an NC contact would engage whenever the Pi is not in
+    control (reboot, hang): only `start` may be NC, as a site's fail-to-run choice."""
+    others = {"crank": "", "preheat": "    crank: {pin: 20}\n", "transfer": ""}[name]
+    text = BASE.replace("    start: {pin: 5}\n", "    start: {pin: 5, contact: NC}\n"
+                        f"    {name}: {{pin: 19, contact: NC}}\n" + others)
+    if name in ("crank", "preheat"):
+        text += "generator:\n  profile: crank\n"
+    assert_rejected(text, f"gpio.outputs.{name}.contact", f"{name}: {{pin: 19, contact: NC}}", "NO contact")
