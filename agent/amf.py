@@ -122,6 +122,7 @@ class Controller:
         self.start_cmd_at: float | None = None
         self.starter_free_at = now  # no crank before this (starter_lockout_s)
         self.run_started_at: float | None = None
+        self.warm_until: float | None = None  # end of the warm-up of the current run
         self.run_on_load = False  # test/exercise with the load transferred
         self.run_duration_s = 0.0
         self.starts: list[float] = []  # monotonic times of start sequences in the last hour
@@ -547,6 +548,9 @@ class Controller:
             return False
         if st is State.MAINS_RETURNING:
             if mains is not True:
+                if self.warm_until is not None and now < self.warm_until and not self.outputs["transfer"]:
+                    return self._go("mains_dip_warming", State.WARMING_UP, now, fx,
+                                    "mains dipped before the warm-up was over", self.warm_until - now)
                 return self._go("mains_dip", State.ON_GENERATOR, now, fx, "mains dipped: return delay restarts")
             if self._expired("state", now):
                 self.chatter_hold = False  # mains held for the whole (hold) delay
@@ -674,6 +678,7 @@ class Controller:
         if self._load_wanted() and (self._ups_critical(now) or s.warm_up_s <= 0):
             return self._go("running_no_warmup", State.ON_GENERATOR, now, fx,
                             "UPS critical: warm-up skipped" if self._ups_critical(now) else "no warm-up")
+        self.warm_until = now + s.warm_up_s
         return self._go("running", State.WARMING_UP, now, fx, "warming up", s.warm_up_s)
 
     def _end_run(self, now: float) -> None:

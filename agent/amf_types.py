@@ -306,6 +306,9 @@ RULES: tuple[Rule, ...] = (
          "after chatter) before the load goes back"),
     Rule("mains_dip", (State.MAINS_RETURNING,), State.ON_GENERATOR,
          "mains dipped again: the return delay starts over"),
+    Rule("mains_dip_warming", (State.MAINS_RETURNING,), State.WARMING_UP,
+         "mains dipped again before the warm-up was over (mains had come back during warm-up): "
+         "finish warming up, then load"),
     Rule("mains_stable", (State.MAINS_RETURNING,), State.COOLING_DOWN,
          "mains stable for the return delay: load back to mains, engine runs unloaded for cool_down_s"),
     Rule("run_finished", (State.WARMING_UP, State.ON_GENERATOR), State.COOLING_DOWN,

@@ -1571,3 +1571,22 @@ def test_malformed_arguments_are_refused_not_raised(cmd, why):
     fx = sim.post(cmd)
     res = [e for e in fx if isinstance(e, CommandResult)]
     assert len(res) == 1 and not res[0].ok and why in res[0].message
+
+
+def scenario_dip_during_warm_up_return() -> Sim:
+    sim = outage_sim()
+    sim.inputs(mains=False)
+    t_run = start_generator(sim)
+    assert sim.state is S.WARMING_UP
+    sim.advance(5)
+    sim.inputs(mains=True)  # back during warm-up: return delay, load stays on mains
+    sim.advance(3)
+    sim.inputs(mains=False)  # and gone again, 8 s into a 30 s warm-up
+    return sim, t_run
+
+
+def test_a_dip_after_mains_returned_during_warm_up_finishes_the_warm_up_first():
+    sim, t_run = scenario_dip_during_warm_up_return()
+    assert sim.state is S.WARMING_UP and not sim.outputs["transfer"]
+    sim.until_state(S.ON_GENERATOR)
+    assert sim.now == t_run + sim.settings.warm_up_s and sim.outputs["transfer"]
