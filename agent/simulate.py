@@ -313,7 +313,21 @@ def format_text(result: dict) -> str:
         lines.append(f"{_clock(e['t_s'])}  {e['kind']:<10} {e['name']:<26} {d}")
     lines += ["", "Summary:"]
     lines += [f"  {k}: {v}" for k, v in s.items() if k != "scenario"]
+    lines += ["", f"Verdict: {verdict(s)}"]
     return "\n".join(lines)
+
+
+def verdict(s: dict) -> str:
+    """One line a technician can act on."""
+    if s["servers_hard_power_losses"]:
+        return f"THE SERVERS LOST POWER WHILE RUNNING {s['servers_hard_power_losses']} time(s): check the timers and the shutdown margin"
+    if s["load_unpowered_s"] > 0 and s["fsd_at_s"] is None:
+        return f"the servers were without power for {s['load_unpowered_s']:.0f} s after they had halted"
+    if s["load_unpowered_s"] > 0:
+        return (f"the servers were shut down cleanly (FSD at {s['fsd_at_s']:.0f} s, {s['fsd_ups_runtime_s']:.0f} s of battery left) "
+                f"and were without power for {s['load_unpowered_s']:.0f} s only after that; "
+                f"they are {s['servers_state']} at the end")
+    return "the servers never lost power"
 
 
 def main(path: str, as_json: bool, out) -> int:

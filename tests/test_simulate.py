@@ -192,6 +192,14 @@ def test_simulate_text_output():
     assert "Summary:" in lines
     tail = lines[lines.index("Summary:") + 1:]
     assert "  load_unpowered_s: 0.0" in tail and any(t.startswith("  alarms: ") for t in tail)
+    assert lines[-1] == "Verdict: the servers never lost power"
+
+
+def test_simulate_text_verdict_after_a_clean_shutdown():
+    p = siaga("simulate", str(SCENARIOS / "founding-incident-gen-never-starts.yaml"))
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.splitlines()[-1]
+    assert last.startswith("Verdict: the servers were shut down cleanly") and "RUNNING at the end" in last
 
 
 SITE = FW / "site-example.yaml"
