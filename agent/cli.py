@@ -21,6 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", metavar="SCENARIO.yaml")
     s.add_argument("--json", action="store_true", help="one JSON object: timeline and summary")
 
+    u = sub.add_parser("ups", help="UPS tools: probe a real UPS, or run the UPS simulator on a pty")
+    usub = u.add_subparsers(dest="ups_cmd", required=True, metavar="UPS_COMMAND")
+    pr = usub.add_parser("probe", help="one read of a UPS for a technician")
+    pr.add_argument("--port", required=True, metavar="URL", help="device path or pyserial URL (socket://, rfc2217://)")
+    pr.add_argument("--protocol", choices=("megatec", "apcsmart", "auto"), default="auto")
+    pr.add_argument("--json", action="store_true", help="the reading with NUT variable names")
+    pr.add_argument("--timeout", type=float, default=3.0, metavar="S", help="give up after this long (default 3 s)")
+    usub.add_parser("sim", help="a UPS simulator on a pty (see --help)", add_help=False)
+
     k = sub.add_parser("ctl", help="talk to a running agent (same language as the serial console)")
     k.add_argument("--socket", default=None, metavar="PATH", help="default: console.ctl_socket of --config, else /run/siaga/ctl.sock")
     k.add_argument("--config", default=None, metavar="FILE")
@@ -29,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["ups", "sim"]:  # its own options and stdin control language
+        from agent.ups_sim import main as sim_main
+
+        return sim_main(argv[2:])
     args = _parser().parse_args(argv)
     if args.cmd == "check-config":
         from agent.config import check_config_main
@@ -42,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.runtime import main as run_main
 
         return run_main(args.config, args.log_level)
+    if args.cmd == "ups" and args.ups_cmd == "probe":
+        from agent.ups_link import probe_main
+
+        return probe_main(args.port, args.protocol, args.json, args.timeout)
     if args.cmd == "ctl":
         from agent.ctl import client_main
 

@@ -30,6 +30,9 @@ from agent.plant import Plant
 from agent.simhw import SimHardware
 from agent.simulate import plant_params
 from agent.store import Store
+from agent.ups_derive import RuntimeModel
+from agent.ups_link import UpsLink
+from agent.ups_sim import UpsSimulator, plant_command_handler
 
 log = logging.getLogger("siaga")
 SIM_HELP = """sim commands:
@@ -52,9 +55,9 @@ class SimWorld:
         s = core.settings
         self.plant.watch_runtime_s = (s.runtime_margin_s + s.fsd_lead_s, s.ups_critical_runtime_s)
         self.hw = SimHardware(cfg.gpio, factory, self.plant)
+        self.latest_ups = self.plant.ups_reading()  # read by the UPS simulator's thread (one reference swap)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.start_drops = 0
-        self._next_poll = now
         self._next_save = now
         self._stop = threading.Event()
 
@@ -115,6 +118,8 @@ class SimWorld:
                 break
             if kind == "fsd":
                 p.set_fsd(now, arg)
+            elif kind == "ups_cmd":  # from the UPS simulator: S..R.., C, T... act on the plant here
+                plant_command_handler(p, lambda: now)(arg)
             else:
                 reply(self._sim_command(arg, now))
         before = p.outputs.get("start")
@@ -122,10 +127,7 @@ class SimWorld:
         if before and not p.outputs.get("start"):
             self.start_drops += 1
         self.hw.drive_inputs()  # gpiozero callbacks -> core.post, from this thread (like lgpio's)
-        if now >= self._next_poll:  # until the UPS link (issue 3) reads the pty simulator
-            r = p.ups_reading()
-            self.core.post(amf.UpsStatus(r.on_battery, r.low_battery, r.runtime_s, r.charge_pct, r.fault, r.replace_battery))
-            self._next_poll = now + self.cfg.ups.poll_interval_s
+        self.latest_ups = p.ups_reading()  # the UPS simulator on the pty answers from this
         for t, name, detail in p.drain_log():
             log.info("plant %s %s", name, detail)
         if now >= self._next_save:
@@ -246,9 +248,30 @@ def _run(cfg: SiteConfig) -> None:
         ctl = CtlServer(cfg.console.ctl_socket, core, world.command if world else None)
         ctl.serve_in_thread()
     world_thread = world.start() if world else None
+    ups_sim, link = None, None
+    if cfg.ups.enabled:
+        port = cfg.ups.port
+        if world:  # the built-in UPS simulator on a real pty, driven by the simulated plant
+            w = world
+            ups_sim = UpsSimulator(lambda: w.latest_ups, protocol="apcsmart" if cfg.ups.protocol == "apcsmart" else "megatec",
+                                   link_path=os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "ttyUPS"),
+                                   on_command=lambda cmd: w.inbox.put(("ups_cmd", cmd, None)))
+            port = ups_sim.link_path or ups_sim.port
+            log.info("simulated UPS on %s (%s)", ups_sim.port, port)
+        link = UpsLink(port, cfg.ups.protocol, core.post, baudrate=cfg.ups.baudrate,
+                       poll_interval_s=cfg.ups.poll_interval_s, stale_after_failures=cfg.ups.stale_after_failures,
+                       ratings_interval_s=cfg.ups.ratings_interval_s,
+                       model=RuntimeModel(nominal_runtime_s=cfg.simulation.ups_runtime_s_at_load,
+                                          nominal_load_pct=cfg.simulation.load_pct) if world else
+                       RuntimeModel(nominal_runtime_s=cfg.ups.nominal_runtime_s, nominal_load_pct=cfg.ups.nominal_load_pct))
+        link.start()
     try:
         core.run_forever()
     finally:
+        if link:
+            link.stop()
+        if ups_sim:
+            ups_sim.close()
         if world and world_thread:
             world.stop()
             world_thread.join(timeout=2.0)

@@ -6,7 +6,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 # System packages the test suite needs (Debian names). Later issues add Mosquitto, NUT, chromium.
-APT_PACKAGES=(${SIAGA_APT_PACKAGES:-})
+APT_PACKAGES=(nut-server nut-client ${SIAGA_APT_PACKAGES:-})
 
 apt_install() {
   local missing=()

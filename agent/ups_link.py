@@ -1,0 +1,282 @@
+"""The UPS link: one thread that owns the serial port and turns it into events for the core.
+
+It opens any pyserial URL (device path, pty, ``socket://``, ``rfc2217://``) with an exclusive
+lock, polls status every ``poll_interval_s`` and ratings/identity at start and every
+``ratings_interval_s``, and survives the cable being pulled and re-plugged: on a port error it
+closes the port and reopens it with back-off. Foreign exceptions stop here: the core only ever
+sees ``amf.UpsStatus`` and ``amf.ExternalAlarm("ups_link_lost")`` (raised when the port fails,
+or after ``stale_after_failures`` bad or missing replies in a row; cleared by the next good
+reply). The last good reading is kept (``last``) and is stale while the link is down.
+
+Facts it relies on (shared/notes/gpio-serial-timers.md A2, nut.md 1.1): a hung-up pty or an
+unplugged USB adapter raises ``SerialException('device reports readiness to read but returned no
+data')`` and does not recover, so the port is closed and reopened by path; the Megatec reply
+takes about 0.2 s at 2400 baud; instant commands get no reply.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import termios
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import serial
+
+from agent import amf, ups_codec as codec
+from agent.ups_derive import Derived, RuntimeModel, battery_charge_pct, flags_from_q1, flags_from_smart, nut_status
+
+REPLY_TIMEOUT_S = 1.0  # nutdrv_qx waits SER_WAIT_SEC = 1 s for a reply
+BACKOFF_MAX_S = 30.0
+
+
+class ProtocolError(Exception):
+    """A reply that does not parse (the codec's Reject), as an exception inside the link only."""
+
+
+def _ask(port, cmd: bytes, end: bytes = b"\r", size: int = 128) -> bytes:
+    port.reset_input_buffer()
+    port.write(cmd)
+    return port.read_until(end, size)
+
+
+class Megatec:
+    name = "megatec"
+
+    def __init__(self) -> None:
+        self.ratings: codec.Ratings | None = None
+        self.identity: codec.Identity | None = None
+
+    def identify(self, port) -> None:
+        f = codec.parse_f(_ask(port, codec.F))
+        i = codec.parse_i(_ask(port, codec.I))
+        self.ratings = None if isinstance(f, codec.Reject) else f
+        self.identity = None if isinstance(i, codec.Reject) else i
+
+    def poll(self, port, model: RuntimeModel, fsd: bool) -> tuple[codec.Reading, amf.UpsStatus]:
+        q1 = codec.parse_q1(_ask(port, codec.Q1))
+        if isinstance(q1, codec.Reject):
+            raise ProtocolError(q1.reason)
+        nominal = self.ratings.battery_voltage_nominal if self.ratings else None
+        charge = battery_charge_pct(q1.battery_voltage, nominal)
+        load = q1.load_pct if q1.load_pct is not None else 0.0
+        runtime = model.runtime_s(charge, load) if charge is not None else None
+        flags = flags_from_q1(q1)
+        status = nut_status(flags, fsd=fsd, charging=not q1.utility_fail and charge is not None and charge < 99.5)
+        reading = codec.reading_from_q1(q1, self.ratings, self.identity, Derived(charge, runtime, status))
+        return reading, amf.UpsStatus(on_battery=q1.utility_fail, low_battery=q1.battery_low, runtime_s=runtime,
+                                      charge_pct=charge, fault=q1.ups_failed, replace_battery=False)
+
+    def send(self, port, cmd: bytes) -> None:
+        port.reset_input_buffer()
+        port.write(cmd)  # no reply expected; an echo means "not supported" and is drained next ask
+
+
+class ApcSmart:
+    name = "apcsmart"
+
+    def __init__(self) -> None:
+        self.identity: codec.Identity | None = None
+        self.alerts: list[str] = []
+
+    def _q(self, port, cmd: bytes) -> bytes:
+        alerts, rest = codec.split_alerts(_ask(port, cmd, b"\n"))
+        self.alerts += alerts
+        return rest
+
+    def identify(self, port) -> None:
+        if isinstance(codec.parse_smart_on(self._q(port, codec.SMART_ON)), codec.Reject):
+            raise ProtocolError("no SM reply to Y: not in smart mode")
+        model = codec.parse_smart_text(self._q(port, codec.SMART_MODEL))
+        fw = codec.parse_smart_text(self._q(port, codec.SMART_FIRMWARE))
+        self.identity = codec.Identity(mfr="APC", model="" if isinstance(model, codec.Reject) else model,
+                                       firmware="" if isinstance(fw, codec.Reject) else fw)
+
+    def poll(self, port, model: RuntimeModel, fsd: bool) -> tuple[codec.Reading, amf.UpsStatus]:
+        st = codec.parse_smart_status(self._q(port, codec.SMART_STATUS))
+        if isinstance(st, codec.Reject):
+            raise ProtocolError(st.reason)
+        values: dict[bytes, float] = {}
+        for q in codec.SMART_READINGS:
+            v = codec.parse_smart_number(self._q(port, q))
+            if not isinstance(v, codec.Reject):
+                values[q] = v
+        charge = values.get(b"f")
+        runtime = values[b"j"] * 60.0 if b"j" in values else None
+        flags = flags_from_smart(st)
+        status = nut_status(flags, fsd=fsd, charging=st.on_line and charge is not None and charge < 99.5)
+        reading = codec.reading_from_smart(st, values, self.identity, Derived(charge, runtime, status))
+        return reading, amf.UpsStatus(on_battery=st.on_battery, low_battery=st.low_battery, runtime_s=runtime,
+                                      charge_pct=charge, fault=False, replace_battery=st.replace_battery)
+
+    def send(self, port, cmd: bytes) -> None:
+        port.reset_input_buffer()
+        port.write(cmd)
+
+
+PROTOCOLS = {"megatec": Megatec, "apcsmart": ApcSmart}
+
+
+def open_port(url: str, baudrate: int = 2400, timeout: float = REPLY_TIMEOUT_S):
+    """Any pyserial URL; device paths are opened with an exclusive lock (as nutdrv_qx does)."""
+    exclusive = "://" not in url
+    return serial.serial_for_url(url, baudrate=baudrate, bytesize=8, parity="N", stopbits=1,
+                                 timeout=timeout, write_timeout=timeout,
+                                 **({"exclusive": True} if exclusive else {}))
+
+
+def detect(port) -> Megatec | ApcSmart:
+    """Megatec first (a Q1 that parses), then APC Smart (Y answered with SM)."""
+    m = Megatec()
+    if not isinstance(codec.parse_q1(_ask(port, codec.Q1)), codec.Reject):
+        return m
+    a = ApcSmart()
+    if not isinstance(codec.parse_smart_on(_ask(port, codec.SMART_ON, b"\n")), codec.Reject):
+        return a
+    raise ProtocolError("neither a Megatec Q1 reply nor an APC Smart SM reply")
+
+
+@dataclass
+class LinkState:
+    up: bool | None = None  # None until the first poll
+    failures: int = 0
+    reason: str = ""
+
+
+class UpsLink:
+    """Owns the port. ``start()`` runs the poll thread; ``poll_once`` is for tests."""
+
+    def __init__(self, url: str, protocol: str, post: Callable[[object], None], *, baudrate: int = 2400,
+                 poll_interval_s: float = 1.0, stale_after_failures: int = 3, ratings_interval_s: float = 3600.0,
+                 model: RuntimeModel | None = None, opener=open_port, monotonic=time.monotonic) -> None:
+        self.url, self.protocol_name, self.post = url, protocol, post
+        self.baudrate, self.poll_interval_s = baudrate, poll_interval_s
+        self.stale_after, self.ratings_interval_s = stale_after_failures, ratings_interval_s
+        self.model = model or RuntimeModel()
+        self.opener, self.monotonic = opener, monotonic
+        self.port = None
+        self.proto: Megatec | ApcSmart | None = None
+        self.state = LinkState()
+        self.last: codec.Reading | None = None
+        self.fsd = False  # shown in ups.status; set by the core's sink
+        self._lock = threading.Lock()  # guards `last` for readers on other threads
+        self._cmds: queue.SimpleQueue = queue.SimpleQueue()
+        self._next_open = 0.0
+        self._backoff = poll_interval_s
+        self._next_ratings = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- any thread ------
+    def command(self, cmd: bytes) -> None:
+        """Queue a UPS command (test, shutdown-with-return, ...); sent before the next poll."""
+        self._cmds.put(cmd)
+
+    def last_reading(self) -> codec.Reading | None:
+        with self._lock:
+            return self.last
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._run, name="siaga-ups", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+        self._close()
+
+    # ---------------------------------------------------------------- link thread -----
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self.monotonic()
+            self.poll_once()
+            self._stop.wait(max(0.0, self.poll_interval_s - (self.monotonic() - started)))
+
+    def poll_once(self) -> None:
+        now = self.monotonic()
+        if self.port is None:
+            if now < self._next_open:
+                return
+            try:
+                self.port = self.opener(self.url, self.baudrate)
+            except (serial.SerialException, OSError, ValueError) as e:
+                self._next_open = now + self._backoff
+                self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+                self._fail(f"cannot open {self.url}: {e}", lost=True)
+                return
+            self._backoff = self.poll_interval_s
+            self._next_ratings = 0.0
+        try:
+            if self.proto is None:
+                self.proto = detect(self.port) if self.protocol_name == "auto" else PROTOCOLS[self.protocol_name]()
+            while not self._cmds.empty():
+                self.proto.send(self.port, self._cmds.get_nowait())
+            if now >= self._next_ratings:
+                self.proto.identify(self.port)
+                self._next_ratings = now + self.ratings_interval_s
+            reading, status = self.proto.poll(self.port, self.model, self.fsd)
+        except ProtocolError as e:
+            self._fail(f"bad reply: {e}", lost=False)
+            return
+        except (serial.SerialException, OSError, termios.error) as e:  # unplugged, pty closed, socket gone
+            self._close()
+            self._fail(f"port error: {e}", lost=True)
+            return
+        with self._lock:
+            self.last = reading
+        if self.state.up is not True:
+            self.post(amf.ExternalAlarm("ups_link_lost", False, f"{self.proto.name} replies again"))
+        self.state = LinkState(True, 0, "")
+        self.post(status)
+
+    def _fail(self, reason: str, lost: bool) -> None:
+        st = self.state
+        st.failures += 1
+        st.reason = reason
+        if (lost or st.failures >= self.stale_after) and st.up is not False:
+            st.up = False
+            self.post(amf.ExternalAlarm("ups_link_lost", True, reason))
+
+    def _close(self) -> None:
+        if self.port is not None:
+            try:
+                self.port.close()
+            except Exception:  # a dead port may fail to close; it is dropped either way
+                pass
+            self.port = None
+            if self.protocol_name == "auto":
+                self.proto = None
+
+
+def probe_main(url: str, protocol: str, as_json: bool, timeout_s: float, out=None) -> int:
+    """``siaga ups probe``: one read for a technician. A port that does not answer: exit 1."""
+    out = out or sys.stdout
+    events: list = []
+    link = UpsLink(url, protocol, events.append, stale_after_failures=1)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            link.poll_once()
+            if link.last is not None:
+                break
+            time.sleep(0.2)
+    finally:
+        link._close()
+    if link.last is None:
+        why = link.state.reason or "no reply"
+        print(f"siaga ups probe: no valid reply from the UPS at {url} within {timeout_s:g} s ({why}). "
+              f"Check the cable, the port, 2400 baud, and --protocol.", file=sys.stderr)
+        return 1
+    nut = link.last.to_nut()
+    if as_json:
+        print(json.dumps(nut, sort_keys=True), file=out)
+    else:
+        for k, v in nut.items():
+            print(f"{k}: {v}", file=out)
+    return 0
