@@ -52,6 +52,15 @@ class CommandRequest:
     reply: Callable[[amf.CommandResult], None] | None = None
 
 
+@dataclass(frozen=True)
+class Record:
+    """Something that happened outside the controller, to journal (and so publish) in order
+    with the controller's own entries: a NUT client logged in, a UPS command was sent."""
+
+    name: str
+    detail: dict
+
+
 class _Stop:
     pass
 
@@ -170,6 +179,9 @@ class Core:
                 log.exception("call %r failed", event.fn)
                 result = e
             self._reply(event.reply, result)
+            return True
+        if isinstance(event, Record):
+            self._commit([amf.Note(event.name, dict(event.detail))], now)
             return True
         reply = None
         if isinstance(event, CommandRequest):

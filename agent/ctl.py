@@ -31,7 +31,15 @@ HELP = """commands:
   ack [ALARM]                acknowledge one alarm, or all
   service-done               restart the service interval
   journal [N] [--json]       last N journal entries (default 20)
+  ups status [--json]        last UPS reading (NUT names) and link state
+  ups test quick|deep|SECONDS|stop   UPS battery test (refused while on battery)
+  ups beeper                 toggle the UPS beeper (Megatec)
+  ups shutdown-return --yes  UPS cuts its output after shutdown.ups_off_delay_s, back with mains
+  ups cancel-shutdown        cancel a UPS shutdown in progress
   sim ...                    simulator commands (hardware: simulated): sim help"""
+UPS_WORDS = {("beeper",): "beeper.toggle", ("cancel-shutdown",): "shutdown.stop",
+             ("shutdown-return", "--yes"): "shutdown.return", ("test", "quick"): "test.battery.start.quick",
+             ("test", "deep"): "test.battery.start.deep", ("test", "stop"): "test.battery.stop"}
 
 
 class CtlError(Exception):
@@ -56,8 +64,35 @@ def _command(core: Core, name: str, args: dict | None = None) -> str:
     return f"{'OK' if res.ok else 'REFUSED'}: {res.message}"
 
 
-def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None) -> str:
-    """Run one command line; returns the reply text. Raises CtlError for bad input."""
+def _ups(ups, rest: list[str], as_json: bool) -> str:
+    """``ups ...``: the UPS link's readings and NUT instant commands (journalled by the link)."""
+    if ups is None:
+        raise CtlError("no UPS is configured (ups.enabled is false)")
+    if rest == ["status"]:
+        r = ups.last_reading()
+        st = {"link_up": ups.state.up, "reason": ups.state.reason, "protocol": ups.protocol(),
+              "reading": r.to_nut() if r else None, "commands": ups.supported_commands()}
+        if as_json:
+            return json.dumps(st, sort_keys=True)
+        head = f"link {'up' if st['link_up'] else 'DOWN'}  protocol {st['protocol'] or '?'}" + (
+            "" if st["link_up"] else f"  ({st['reason'] or 'no reply yet'})")
+        return "\n".join([head] + [f"  {k}: {v}" for k, v in (st["reading"] or {}).items()])
+    if rest == ["shutdown-return"]:
+        raise CtlError("ups shutdown-return cuts the power to everything on the UPS after "
+                       "shutdown.ups_off_delay_s: repeat with --yes if the servers are down")
+    name, value = UPS_WORDS.get(tuple(rest)), None
+    if name is None and len(rest) == 2 and rest[0] == "test":
+        name, value = "test.battery.start", rest[1]
+    if name is None:
+        raise CtlError("usage: ups status | ups test quick|deep|SECONDS|stop | ups beeper | "
+                       "ups shutdown-return --yes | ups cancel-shutdown")
+    ok, message = ups.instcmd(name, value, source="ctl")
+    return f"{'OK' if ok else 'REFUSED'}: {message}"
+
+
+def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None, ups=None) -> str:
+    """Run one command line; returns the reply text. Raises CtlError for bad input. ``ups`` is
+    the running :class:`agent.ups_link.UpsLink` (None when no UPS is configured)."""
     if not words:
         raise CtlError("empty command; try `help`")
     cmd, rest = words[0].lower(), words[1:]
@@ -98,6 +133,8 @@ def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None
         if as_json:
             return json.dumps([r.__dict__ for r in recs])
         return "\n".join(f"{r.seq:>7} boot {r.boot} {r.kind:<8} {r.name:<26} {json.dumps(r.detail)}" for r in recs)
+    if cmd == "ups":
+        return _ups(ups, rest, as_json)
     if cmd == "sim":
         if sim is None:
             raise CtlError("sim commands need hardware: simulated")
@@ -121,8 +158,8 @@ def _status_text(st: dict) -> str:
 class CtlServer:
     """Unix-socket server. One short-lived thread per connection; bounded line length."""
 
-    def __init__(self, path: str, core: Core, sim: Callable[[list[str]], str] | None = None) -> None:
-        self.path, self.core, self.sim = path, core, sim
+    def __init__(self, path: str, core: Core, sim: Callable[[list[str]], str] | None = None, ups=None) -> None:
+        self.path, self.core, self.sim, self.ups = path, core, sim, ups
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # stale socket from a killed agent
@@ -161,7 +198,7 @@ class CtlServer:
             else:
                 try:
                     words = data.split(b"\n", 1)[0].decode("utf-8").split()
-                    reply = execute(self.core, words, self.sim)
+                    reply = execute(self.core, words, self.sim, self.ups)
                 except UnicodeDecodeError:
                     reply = "ERROR: the command is not UTF-8 text"
                 except CtlError as e:

@@ -23,13 +23,13 @@ from typing import Any
 from agent import amf
 from agent.clock import MonotonicClock, SystemWall
 from agent.config import ConfigError, SiteConfig, amf_settings, config_warnings, load_config
-from agent.core import Core
+from agent.core import Call, Core, Record
 from agent.ctl import CtlServer
 from agent.pins import Pins, make_pin_factory
 from agent.plant import Plant
 from agent.simhw import SimHardware
 from agent.simulate import plant_params
-from agent.store import Store
+from agent.store import Store, StoreError
 from agent.ups_derive import RuntimeModel
 from agent.ups_link import UpsLink
 from agent.ups_sim import UpsSimulator, plant_command_handler
@@ -139,7 +139,8 @@ class SimWorld:
         return {"mains": p.mains.present, "generator_running": p.generator.ac_on, "ats": p.ats.position,
                 "outputs": dict(p.outputs), "start_drops": self.start_drops, "unpowered_s": round(p.unpowered_s, 3),
                 "hard_power_losses": p.hard_power_losses, "servers": p.servers.state.value,
-                "ups": {"on_battery": r.on_battery, "charge_pct": round(r.charge_pct, 2), "runtime_s": round(r.runtime_s, 1)}}
+                "ups": {"on_battery": r.on_battery, "charge_pct": round(r.charge_pct, 2), "runtime_s": round(r.runtime_s, 1),
+                        "output_on": r.output_on, "shutdown_active": r.shutdown_active}}
 
     def _sim_command(self, words: list[str], now: float) -> str:
         p = self.plant
@@ -217,6 +218,26 @@ def _open_store(cfg: SiteConfig) -> tuple[Store, str | None]:
         return Store.open(":memory:"), str(e)
 
 
+RUNTIME_MODEL_KEY = "ups_runtime_model"
+
+
+def _runtime_model(cfg: SiteConfig, store: Store, simulated: bool) -> RuntimeModel:
+    """The UPS runtime model: nominal figures from the config (or the simulated plant), and what
+    recorded discharges taught it, kept in the store across restarts."""
+    if simulated:
+        model = RuntimeModel(nominal_runtime_s=cfg.simulation.ups_runtime_s_at_load, nominal_load_pct=cfg.simulation.load_pct)
+    else:
+        model = RuntimeModel(nominal_runtime_s=cfg.ups.nominal_runtime_s, nominal_load_pct=cfg.ups.nominal_load_pct)
+    try:
+        learned = store.get_meta(RUNTIME_MODEL_KEY)
+        if learned:
+            old = RuntimeModel.from_dict(learned)  # validated, then clamped to this model's limits:
+            model = RuntimeModel.from_dict(dict(model.to_dict(), correction=old.correction, samples=old.samples))
+    except (StoreError, ValueError) as e:
+        log.warning("the learned UPS runtime model is unreadable (%s): starting from the nominal figures", e)
+    return model
+
+
 def _run(cfg: SiteConfig) -> None:
     for w in config_warnings(cfg):
         log.warning("config: %s", w)
@@ -260,10 +281,12 @@ def _run(cfg: SiteConfig) -> None:
             log.info("simulated UPS on %s (%s)", ups_sim.port, port)
         link = UpsLink(port, cfg.ups.protocol, core.post, baudrate=cfg.ups.baudrate,
                        poll_interval_s=cfg.ups.poll_interval_s, stale_after_failures=cfg.ups.stale_after_failures,
-                       ratings_interval_s=cfg.ups.ratings_interval_s,
-                       model=RuntimeModel(nominal_runtime_s=cfg.simulation.ups_runtime_s_at_load,
-                                          nominal_load_pct=cfg.simulation.load_pct) if world else
-                       RuntimeModel(nominal_runtime_s=cfg.ups.nominal_runtime_s, nominal_load_pct=cfg.ups.nominal_load_pct))
+                       ratings_interval_s=cfg.ups.ratings_interval_s, model=_runtime_model(cfg, store, simulated),
+                       off_delay_s=int(cfg.shutdown.ups_off_delay_s), return_delay_s=int(cfg.shutdown.ups_return_delay_s),
+                       journal=lambda name, detail: core.post(Record(name, detail)),
+                       on_learned=lambda model: core.post(Call(lambda c: c.store.set_meta(RUNTIME_MODEL_KEY, model))))
+        if ctl:
+            ctl.ups = link
         link.start()
     try:
         core.run_forever()

@@ -350,6 +350,18 @@ class Store:
     def counters(self) -> dict[str, float]:
         return {name: float(v) for name, v in self._read("SELECT name, value FROM counters")}
 
+    def get_meta(self, key: str) -> Any:
+        """A value kept by :meth:`set_meta` (learned settings such as the UPS runtime model), or None."""
+        rows = self._read("SELECT value FROM meta WHERE key = ?", (f"x.{_check_text(key, 'key')}",))
+        return json.loads(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Keep a JSON object under ``key`` (its own transaction; kept apart from the store's own keys)."""
+        text = _dumps(value, f"meta[{key!r}]")
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                         (f"x.{_check_text(key, 'key')}", text))
+
     def journal(self, since_seq: int = 0, limit: int | None = None) -> list[JournalRecord]:
         """Records with ``seq > since_seq``, oldest first, at most ``limit`` of them."""
         rows = self._read(

@@ -42,7 +42,7 @@ __all__ = [
     "SMART_FRONT_PANEL_TEST", "SMART_CALIBRATION_TOGGLE", "SMART_BYPASS_TOGGLE",
     "SMART_SOFT_SHUTDOWN", "SMART_SHUTDOWN_GRACE", "SMART_OFF_NOW", "SMART_TURN_ON",
     "SMART_ABORT_SHUTDOWN", "SMART_STATUS", "SMART_MODEL", "SMART_FIRMWARE", "SMART_SERIAL",
-    "reading_from_q1", "reading_from_smart",
+    "reading_from_q1", "reading_from_smart", "INSTCMDS", "BATTERY_TESTS", "instcmd_bytes",
 ]
 
 CR = 0x0D
@@ -547,6 +547,54 @@ def smart_shutdown_return(return_delay_s: int = 0, *, digits: int = 3) -> bytes:
         raise ValueError("digits must be 2 or 3")
     s = _check_int(return_delay_s, 0, (10 ** digits - 1) * 360, "return_delay_s")
     return b"@" + f"{-(-s // 360):0{digits}d}".encode("ascii")
+
+
+# --------------------------------------------------------------------------------------------
+# NUT instant commands -> bytes on the wire
+# --------------------------------------------------------------------------------------------
+#: The NUT instant commands each protocol carries out here, by NUT's names (the names ``upscmd``,
+#: the agent's NUT server and ``siaga ctl ups`` use). APC's shutdown grace delay is the UPS's own
+#: EEPROM setting (``p``), so ``off_delay_s`` does not apply to it.
+INSTCMDS: dict[str, tuple[str, ...]] = {
+    "megatec": ("test.battery.start.quick", "test.battery.start.deep", "test.battery.start",
+                "test.battery.stop", "beeper.toggle", "shutdown.return", "shutdown.stop"),
+    "apcsmart": ("test.battery.start.quick", "test.battery.start.deep", "test.battery.stop",
+                 "shutdown.return", "shutdown.stop"),
+}
+BATTERY_TESTS = ("test.battery.start.quick", "test.battery.start.deep", "test.battery.start")
+
+
+def instcmd_bytes(protocol: str, name: str, value: Optional[str] = None, *,
+                  off_delay_s: int = 120, return_delay_s: int = 0) -> Union[bytes, Reject]:
+    """The bytes for NUT instant command ``name`` (``value``: seconds for ``test.battery.start``,
+    as NUT takes it). Unknown commands and bad values come back as a Reject saying why."""
+    if name not in INSTCMDS.get(protocol, ()):
+        known = ", ".join(INSTCMDS.get(protocol, ())) or "none"
+        return Reject(f"{protocol}: no instant command {name!r} (known: {known})", name.encode("ascii", "replace"))
+    if (value is not None) != (name == "test.battery.start"):
+        return Reject(f"{name}: " + ("needs a duration in seconds (60..5940)" if value is None else "takes no value"),
+                      (value or "").encode("ascii", "replace"))
+    try:
+        if protocol == "apcsmart":
+            return {"test.battery.start.quick": lambda: SMART_SELF_TEST,
+                    "test.battery.start.deep": lambda: SMART_CALIBRATION_TOGGLE,
+                    "test.battery.stop": lambda: SMART_SELF_TEST,  # W toggles the self test
+                    "shutdown.return": lambda: smart_shutdown_return(return_delay_s),
+                    "shutdown.stop": lambda: SMART_ABORT_SHUTDOWN}[name]()
+        if name == "test.battery.start":
+            try:
+                seconds = float(value or "")
+            except ValueError:
+                seconds = math.nan
+            if not (math.isfinite(seconds) and 60 <= seconds <= 5940):
+                raise ValueError(f"{value!r} is not a duration in seconds, 60..5940")
+            return test_minutes(int(seconds) // 60)  # whole minutes, as NUT converts
+        return {"test.battery.start.quick": test_quick, "test.battery.start.deep": test_deep,
+                "test.battery.stop": cancel_test, "beeper.toggle": beeper_toggle,
+                "shutdown.return": lambda: shutdown_return(off_delay_s, return_delay_s),
+                "shutdown.stop": cancel_shutdown}[name]()
+    except ValueError as e:
+        return Reject(f"{name}: {e}", (value or "").encode("ascii", "replace"))
 
 
 # --------------------------------------------------------------------------------------------

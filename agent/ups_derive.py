@@ -203,6 +203,59 @@ class RuntimeModel:
         return cls(**kw)
 
 
+@dataclass(frozen=True)
+class Discharge:
+    """One on-battery episode, as :meth:`RuntimeModel.record_discharge` takes it."""
+
+    start_charge: float
+    end_charge: float
+    duration_s: float
+    mean_load_pct: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(getattr(self, k), 2) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class DischargeRecorder:
+    """Finds on-battery episodes in the stream of readings, for the runtime model to learn from.
+
+    An episode runs from the first on-battery reading to the last on-battery reading *with load*:
+    once the UPS has cut its output (shutdown-with-return) the battery no longer drains at the
+    load, and counting that time would teach the model a runtime it never had. Episodes shorter
+    than ``min_duration_s`` are dropped (a transfer blip says nothing about the battery), and so
+    is an episode whose end was not seen (``abandon``, on link loss). Charge comes from the
+    battery voltage, which sags under load, so the learned runtime errs short: the safe side.
+    """
+
+    min_duration_s: float = 60.0
+    _start: Optional[tuple[float, float]] = None  # (t, charge) at the first on-battery reading
+    _last: Optional[tuple[float, float]] = None  # (t, charge) at the last on-battery reading with load
+    _load_sum: float = 0.0
+    _load_n: int = 0
+
+    def observe(self, t: float, on_battery: bool, charge_pct: Optional[float],
+                load_pct: Optional[float]) -> Optional[Discharge]:
+        """Feed one reading; returns the episode that this reading ended, if one was usable."""
+        if on_battery:
+            if _finite(charge_pct):
+                if self._start is None:
+                    self._start = (t, charge_pct)
+                if _finite(load_pct) and load_pct > 0:
+                    self._last = (t, charge_pct)
+                    self._load_sum += load_pct
+                    self._load_n += 1
+            return None
+        start, last, n, total = self._start, self._last, self._load_n, self._load_sum
+        self.abandon()
+        if start is None or last is None or not n or last[0] - start[0] < self.min_duration_s:
+            return None
+        return Discharge(start[1], last[1], last[0] - start[0], total / n)
+
+    def abandon(self) -> None:
+        self._start, self._last, self._load_sum, self._load_n = None, None, 0.0, 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Status flags -> NUT ups.status
 # ---------------------------------------------------------------------------------------------

@@ -28,10 +28,12 @@ from typing import Callable
 import serial
 
 from agent import amf, ups_codec as codec
-from agent.ups_derive import Derived, RuntimeModel, battery_charge_pct, flags_from_q1, flags_from_smart, nut_status
+from agent.ups_derive import (Derived, DischargeRecorder, RuntimeModel, battery_charge_pct, flags_from_q1,
+                               flags_from_smart, nut_status)
 
 REPLY_TIMEOUT_S = 1.0  # nutdrv_qx waits SER_WAIT_SEC = 1 s for a reply
 BACKOFF_MAX_S = 30.0
+COMMAND_MAX_AGE_S = 10.0  # a queued UPS command not sent by then is dropped, never sent late
 
 
 class ProtocolError(Exception):
@@ -147,13 +149,34 @@ class LinkState:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class _Queued:
+    name: str
+    value: str | None
+    data: bytes
+    source: str
+    at: float
+
+
 class UpsLink:
-    """Owns the port. ``start()`` runs the poll thread; ``poll_once`` is for tests."""
+    """Owns the port. ``start()`` runs the poll thread; ``poll_once`` is for tests.
+
+    ``journal(name, detail)`` records what the link did for the operator (UPS commands sent or
+    dropped, discharges learned); ``on_learned(model_dict)`` is called after each learned
+    discharge so the owner can keep the model. Both run on the link thread and must not block.
+    """
 
     def __init__(self, url: str, protocol: str, post: Callable[[object], None], *, baudrate: int = 2400,
                  poll_interval_s: float = 1.0, stale_after_failures: int = 3, ratings_interval_s: float = 3600.0,
-                 model: RuntimeModel | None = None, opener=open_port, monotonic=time.monotonic) -> None:
+                 model: RuntimeModel | None = None, opener=open_port, monotonic=time.monotonic,
+                 off_delay_s: int = 120, return_delay_s: int = 0,
+                 journal: Callable[[str, dict], None] | None = None,
+                 on_learned: Callable[[dict], None] | None = None) -> None:
         self.url, self.protocol_name, self.post = url, protocol, post
+        self.off_delay_s, self.return_delay_s = off_delay_s, return_delay_s
+        self.journal = journal or (lambda name, detail: None)
+        self.on_learned = on_learned or (lambda d: None)
+        self.recorder = DischargeRecorder()
         self.baudrate, self.poll_interval_s = baudrate, poll_interval_s
         self.stale_after, self.ratings_interval_s = stale_after_failures, ratings_interval_s
         self.model = model or RuntimeModel()
@@ -172,9 +195,34 @@ class UpsLink:
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- any thread ------
-    def command(self, cmd: bytes) -> None:
-        """Queue a UPS command (test, shutdown-with-return, ...); sent before the next poll."""
-        self._cmds.put(cmd)
+    def protocol(self) -> str | None:
+        """The protocol in use (``auto`` resolves at the first reply), or None if not known yet."""
+        proto = self.proto
+        return proto.name if proto else (None if self.protocol_name == "auto" else self.protocol_name)
+
+    def supported_commands(self) -> list[str]:
+        """NUT instant-command names this UPS can be sent."""
+        return list(codec.INSTCMDS.get(self.protocol() or "", ()))
+
+    def instcmd(self, name: str, value: str | None = None, source: str = "local") -> tuple[bool, str]:
+        """Queue NUT instant command ``name`` (sent before the next poll). Refused, with the reason,
+        when the command is unknown to the protocol, its value is bad, the link is down (a
+        command sent late, after re-plugging, could cut the output at the wrong time), or it is a
+        battery test while the UPS is on battery (it would drain what the servers need)."""
+        proto = self.protocol()
+        if proto is None:
+            return False, "the UPS protocol is not known yet (no reply so far)"
+        data = codec.instcmd_bytes(proto, name, value, off_delay_s=int(self.off_delay_s),
+                                   return_delay_s=int(self.return_delay_s))
+        if isinstance(data, codec.Reject):
+            return False, data.reason
+        if self.state.up is not True:
+            return False, f"the UPS link is down ({self.state.reason or 'no reply yet'})"
+        last = self.last_reading()
+        if name in codec.BATTERY_TESTS and last is not None and "OB" in (last.status or "").split():
+            return False, "the UPS is on battery: a battery test now would drain what the servers need"
+        self._cmds.put(_Queued(name, value, data, source, self.monotonic()))
+        return True, f"{name} queued ({data!r})"
 
     def last_reading(self) -> codec.Reading | None:
         with self._lock:
@@ -215,8 +263,7 @@ class UpsLink:
         try:
             if self.proto is None:
                 self.proto = detect(self.port) if self.protocol_name == "auto" else PROTOCOLS[self.protocol_name]()
-            while not self._cmds.empty():
-                self.proto.send(self.port, self._cmds.get_nowait())
+            self._send_queued(now)
             if now >= self._next_ratings:
                 self.proto.identify(self.port)
                 self._next_ratings = now + self.ratings_interval_s
@@ -230,10 +277,32 @@ class UpsLink:
             return
         with self._lock:
             self.last = reading
+        self._learn(now, status, reading)
         if self.state.up is not True:
             self.post(amf.ExternalAlarm("ups_link_lost", False, f"{self.proto.name} replies again"))
         self.state = LinkState(True, 0, "")
         self.post(status)
+
+    def _send_queued(self, now: float) -> None:
+        while not self._cmds.empty():
+            q: _Queued = self._cmds.get_nowait()
+            detail = {"cmd": q.name, "value": q.value, "bytes": q.data.decode("ascii", "replace"), "source": q.source}
+            if now - q.at > COMMAND_MAX_AGE_S:
+                self.journal("ups_command_dropped", dict(detail, reason=f"not sent within {COMMAND_MAX_AGE_S:g} s"))
+                continue
+            self.proto.send(self.port, q.data)
+            self.journal("ups_command_sent", detail)
+
+    def _learn(self, now: float, status: amf.UpsStatus, reading: codec.Reading) -> None:
+        episode = self.recorder.observe(now, status.on_battery, reading.battery_charge_pct, reading.load_pct)
+        if episode is None or self.protocol_name == "apcsmart" or isinstance(self.proto, ApcSmart):
+            return  # APC reports its own runtime (``j``); the model serves Megatec
+        if self.model.record_discharge(episode.start_charge, episode.end_charge, episode.duration_s,
+                                       episode.mean_load_pct):
+            model = self.model.to_dict()
+            self.journal("ups_runtime_learned", dict(episode.to_dict(), correction=round(self.model.correction, 3),
+                                                     samples=self.model.samples))
+            self.on_learned(model)
 
     def _fail(self, reason: str, lost: bool) -> None:
         st = self.state
@@ -241,6 +310,7 @@ class UpsLink:
         st.reason = reason
         if (lost or st.failures >= self.stale_after) and st.up is not False:
             st.up = False
+            self.recorder.abandon()  # the episode's end will not be seen
             self.post(amf.ExternalAlarm("ups_link_lost", True, reason))
 
     def _close(self) -> None:

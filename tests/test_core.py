@@ -523,3 +523,20 @@ def test_stopping_the_agent_releases_the_starter_but_holds_the_run_relay(tmp_pat
     assert rig.energised("start")
     tail = [(r.kind, r.name, r.detail) for r in rig.store.journal()][-3:]
     assert ("info", "agent_stopping", {}) in tail and ("output", "crank", {"on": False}) in tail
+
+
+def test_a_record_from_outside_is_journalled_in_order_and_reaches_the_sinks(tmp_path, factory):
+    from agent.core import Record
+
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.boot()
+    seen: list = []
+    rig.core.sinks.append(lambda records, fx: seen.extend(r.name for r in records))
+    rig.core.post(Record("ups_command_sent", {"cmd": "test.battery.start.quick", "source": "ctl"}))
+    rig.core.post(Record("nut_login", {"user": "nas"}))
+    rig.core.drain()
+    last = rig.store.journal(rig.store.last_seq() - 2)
+    assert [(r.kind, r.name) for r in last] == [("info", "ups_command_sent"), ("info", "nut_login")]
+    assert last[0].detail == {"cmd": "test.battery.start.quick", "source": "ctl"}
+    assert seen == ["ups_command_sent", "nut_login"]
+    assert rig.state is amf.State.MAINS_OK

@@ -313,3 +313,19 @@ def _catch(fn):
     except Exception as e:  # noqa: BLE001 - returned for the assertion
         return e
     return None
+
+
+def test_meta_values_survive_reopen_and_stay_apart_from_the_store_keys(tmp_path):
+    db = tmp_path / "s.db"
+    with Store.open(db) as s:
+        assert s.get_meta("ups_runtime_model") is None
+        s.set_meta("ups_runtime_model", {"correction": 0.8, "samples": 2})
+        s.set_meta("ups_runtime_model", {"correction": 0.7, "samples": 3})
+        s.set_meta("boot", {"not": "the boot counter"})
+        boot = s.begin_boot()
+    with Store.open(db) as s:
+        assert s.get_meta("ups_runtime_model") == {"correction": 0.7, "samples": 3}
+        assert s.begin_boot() == boot + 1
+        with pytest.raises(StoreError):
+            s.set_meta("x", {"bad": float("nan")})
+        assert s.get_meta("x") is None

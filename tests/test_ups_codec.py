@@ -543,3 +543,56 @@ def test_alerts_interleaved_in_reply(reply, inserts):
     assert rest == reply
     assert alerts == names
     assert parse_smart_text(rest) == parse_smart_text(reply)
+
+
+# ------------------------------------------------------------------ instant commands ---------
+@pytest.mark.parametrize("name,value,wire", [
+    ("test.battery.start.quick", None, b"T\r"),
+    ("test.battery.start.deep", None, b"TL\r"),
+    ("test.battery.start", "600", b"T10\r"),
+    ("test.battery.start", "90", b"T01\r"),  # whole minutes, as NUT converts
+    ("test.battery.start", "5940", b"T99\r"),
+    ("test.battery.stop", None, b"CT\r"),
+    ("beeper.toggle", None, b"Q\r"),
+    ("shutdown.return", None, b"S02R0010\r"),  # off 120 s, back 600 s after mains
+    ("shutdown.stop", None, b"C\r"),
+])
+def test_megatec_instcmd_bytes(name, value, wire):
+    assert c.instcmd_bytes("megatec", name, value, off_delay_s=120, return_delay_s=600) == wire
+
+
+@pytest.mark.parametrize("name,wire", [
+    ("test.battery.start.quick", b"W"), ("test.battery.start.deep", b"D"), ("test.battery.stop", b"W"),
+    ("shutdown.return", b"@002"), ("shutdown.stop", b"\x7f"),
+])
+def test_apcsmart_instcmd_bytes(name, wire):
+    assert c.instcmd_bytes("apcsmart", name, None, return_delay_s=600) == wire
+
+
+@pytest.mark.parametrize("protocol,name,value,why", [
+    ("megatec", "load.off", None, "no instant command 'load.off'"),
+    ("apcsmart", "beeper.toggle", None, "no instant command 'beeper.toggle'"),
+    ("megatec", "test.battery.start", None, "needs a duration"),
+    ("megatec", "test.battery.start", "30", "60..5940"),
+    ("megatec", "test.battery.start", "6000", "60..5940"),
+    ("megatec", "test.battery.start", "ten", "60..5940"),
+    ("megatec", "test.battery.start.quick", "10", "takes no value"),
+    ("nosuch", "test.battery.start.quick", None, "known: none"),
+])
+def test_instcmd_refusals_say_why(protocol, name, value, why):
+    r = c.instcmd_bytes(protocol, name, value)
+    assert isinstance(r, c.Reject) and why in r.reason
+
+
+def test_every_listed_instcmd_encodes():
+    for protocol, names in c.INSTCMDS.items():
+        for name in names:
+            value = "600" if name == "test.battery.start" else None
+            assert isinstance(c.instcmd_bytes(protocol, name, value), bytes), (protocol, name)
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(["megatec", "apcsmart", ""]), st.text(max_size=30), st.one_of(st.none(), st.text(max_size=12)),
+       st.integers(-10, 10_000), st.integers(-10, 10 ** 6))
+def test_instcmd_bytes_never_raises(protocol, name, value, off, ret):
+    assert isinstance(c.instcmd_bytes(protocol, name, value, off_delay_s=off, return_delay_s=ret), (bytes, c.Reject))

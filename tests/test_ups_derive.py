@@ -277,3 +277,47 @@ def test_modules_are_pure_stdlib(module):
         elif isinstance(node, ast.Attribute) and node.attr in _FORBIDDEN:
             bad.append("." + node.attr)
     assert not bad, f"{module}: {bad}"
+
+
+# ------------------------------------------------------------------ discharge episodes -------
+def test_discharge_recorder_reports_the_loaded_part_of_an_episode():
+    from agent.ups_derive import Discharge, DischargeRecorder
+
+    rec = DischargeRecorder(min_duration_s=60)
+    assert rec.observe(0, False, 100, 40) is None
+    for t in range(10, 611, 10):  # 600 s on battery at 40 %, 100 % -> 70 %
+        assert rec.observe(t, True, 100 - (t - 10) * 0.05, 40) is None
+    for t in range(620, 900, 10):  # the UPS cut its output: no load, no drain at the load
+        assert rec.observe(t, True, 70, 0) is None
+    ep = rec.observe(900, False, 70, 40)
+    assert ep == Discharge(100, 70, 600, 40)
+    assert rec.observe(910, False, 70, 40) is None  # reported once
+
+
+def test_discharge_recorder_drops_blips_and_episodes_whose_end_was_not_seen():
+    from agent.ups_derive import DischargeRecorder
+
+    rec = DischargeRecorder(min_duration_s=60)
+    rec.observe(0, True, 100, 40)
+    rec.observe(30, True, 99, 40)
+    assert rec.observe(40, False, 99, 40) is None  # a 30 s transfer blip
+    rec.observe(100, True, 100, 40)
+    rec.observe(400, True, 80, 40)
+    rec.abandon()  # link lost
+    assert rec.observe(500, False, 80, 40) is None
+    rec.observe(600, True, None, 40)  # charge unknown: nothing to learn from
+    assert rec.observe(700, False, 80, 40) is None
+
+
+def test_a_recorded_discharge_teaches_the_runtime_model():
+    from agent.ups_derive import DischargeRecorder, RuntimeModel
+
+    model, rec = RuntimeModel(nominal_runtime_s=3600, nominal_load_pct=40), DischargeRecorder()
+    for t in range(0, 1201, 10):  # the battery really lasts 1/3 of the nominal: 20 min for 50 %
+        rec.observe(t, True, 100 - t / 24, 40)
+    ep = rec.observe(1210, False, 50, 40)
+    before = model.runtime_s(100, 40)
+    assert model.record_discharge(ep.start_charge, ep.end_charge, ep.duration_s, ep.mean_load_pct)
+    # moved toward the observed 2400 s by the model's weight (alpha 0.3, in log space)
+    assert model.runtime_s(100, 40) == pytest.approx(before * (2400 / 3600) ** 0.3, rel=0.02)
+    assert model.samples == 1

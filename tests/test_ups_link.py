@@ -192,6 +192,72 @@ def test_a_port_error_is_link_lost_at_once_and_the_port_is_reopened():
     assert events[-2] == amf.ExternalAlarm("ups_link_lost", False, events[-2].detail)
 
 
+# ------------------------------------------------------------------ UPS commands -------------
+def test_instant_commands_reach_the_ups_over_the_pty_and_are_journalled():
+    plant = Plant()  # mains present
+    journal: list = []
+    t = [100.0]
+    with UpsSimulator(plant.ups_reading, protocol="megatec") as sim:
+        link = UpsLink(sim.port, "megatec", lambda e: None, off_delay_s=120, return_delay_s=600,
+                       journal=lambda name, detail: journal.append((name, detail)), monotonic=lambda: t[0])
+        assert link.instcmd("test.battery.start.quick") == (False, "the UPS link is down (no reply yet)")
+        link.poll_once()
+        assert link.supported_commands() == list(codec.INSTCMDS["megatec"])
+        ok, msg = link.instcmd("test.battery.start", "600", source="ctl")
+        assert ok, msg
+        assert link.instcmd("shutdown.return")[0] and link.instcmd("shutdown.stop")[0]
+        assert link.instcmd("load.off") == (False, "megatec: no instant command 'load.off' (known: "
+                                            + ", ".join(codec.INSTCMDS["megatec"]) + ")")
+        link.poll_once()
+        assert wait_for(lambda: sim.commands[-3:] == ["T10", "S02R0010", "C"], 2.0), sim.commands
+        link._close()
+    assert [n for n, _ in journal] == ["ups_command_sent"] * 3
+    assert journal[0][1] == {"cmd": "test.battery.start", "value": "600", "bytes": "T10\r", "source": "ctl"}
+
+
+def test_no_battery_test_while_on_battery_and_no_command_sent_late():
+    plant = Plant()
+    journal: list = []
+    t = [0.0]
+    with UpsSimulator(plant.ups_reading, protocol="megatec") as sim:
+        link = UpsLink(sim.port, "megatec", lambda e: None, journal=lambda n, d: journal.append(n), monotonic=lambda: t[0])
+        link.poll_once()
+        ok, _ = link.instcmd("test.battery.start.deep")
+        assert ok
+        t[0] = 30.0  # the link could not send it in time (say the thread was stuck): dropped
+        link.poll_once()
+        assert journal == ["ups_command_dropped"] and "TL" not in sim.commands
+        plant.set_mains(1.0, False)
+        link.poll_once()
+        ok, why = link.instcmd("test.battery.start.quick")
+        assert not ok and "on battery" in why
+        assert link.instcmd("shutdown.return")[0]  # shutting down is what the battery is for
+        link._close()
+
+
+def test_a_discharge_seen_by_the_link_is_learned_and_handed_over():
+    plant = Plant()  # a simulated UPS whose battery lasts its own (true) runtime
+    learned, journal = [], []
+    t = [0.0]
+    with UpsSimulator(plant.ups_reading, protocol="megatec") as sim:
+        model = RuntimeModel(nominal_runtime_s=60_000, nominal_load_pct=40)  # wildly optimistic
+        link = UpsLink(sim.port, "megatec", lambda e: None, model=model, monotonic=lambda: t[0],
+                       journal=lambda n, d: journal.append((n, d)), on_learned=learned.append)
+        link.poll_once()
+        plant.set_mains(1.0, False)
+        for step in range(1, 41):  # 20 min on battery, polled every 30 s
+            t[0] = 1.0 + step * 30
+            plant.advance(t[0])
+            link.poll_once()
+        plant.set_mains(t[0] + 1, True)
+        t[0] += 1
+        link.poll_once()
+        link._close()
+    assert len(learned) == 1 and learned[0]["samples"] == 1 and learned[0]["correction"] < 1.0
+    name, detail = journal[-1]
+    assert name == "ups_runtime_learned" and detail["duration_s"] >= 1150 and detail["start_charge"] > detail["end_charge"]
+
+
 # ------------------------------------------------------------------ siaga ups probe ----------
 def test_probe_prints_nut_names_and_a_dead_port_fails_fast(tmp_path):
     plant = Plant()

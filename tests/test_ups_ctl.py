@@ -1,0 +1,74 @@
+"""UPS commands from the console language (``siaga ctl ups ...``) through the real agent process
+(hardware: simulated: the UPS simulator on a real pty, driven by the simulated plant), and the
+learned runtime model kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config
+from agent.runtime import RUNTIME_MODEL_KEY, _runtime_model
+from agent.store import Store
+from agent_process import Agent, make_config
+
+pytestmark = pytest.mark.slow
+
+
+def _until(fn, timeout: float = 10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {timeout} s: {fn()}")
+
+
+def test_ups_commands_from_the_console_reach_the_ups_and_the_journal(tmp_path: Path) -> None:
+    agent = Agent(make_config(tmp_path), tmp_path)
+    agent.start()
+    try:
+        st = _until(lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s)
+        assert st["protocol"] == "megatec" and st["reading"]["ups.status"].startswith("OL")
+        assert "shutdown.return" in st["commands"]
+
+        assert agent.ctl("ups", "test", "quick").startswith("OK: test.battery.start.quick queued")
+        assert agent.ctl("ups", "test", "30").startswith("REFUSED: test.battery.start: '30'")
+        assert agent.ctl("ups", "shutdown-return").startswith("ERROR: ups shutdown-return cuts the power")
+        assert agent.ctl("ups", "frobnicate").startswith("ERROR: usage: ups status")
+        assert not agent.world()["ups"]["shutdown_active"]
+        assert agent.ctl("ups", "shutdown-return", "--yes").startswith("OK")
+        _until(lambda: agent.world()["ups"]["shutdown_active"])
+        assert agent.ctl("ups", "cancel-shutdown").startswith("OK")
+        _until(lambda: not agent.world()["ups"]["shutdown_active"])
+
+        def sent():
+            return [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"]
+
+        _until(lambda: len(sent()) >= 3)
+        assert [(d["cmd"], d["bytes"], d["source"]) for d in sent()] == [
+            ("test.battery.start.quick", "T\r", "ctl"), ("shutdown.return", "S02R0001\r", "ctl"),
+            ("shutdown.stop", "C\r", "ctl")]
+
+        assert agent.ctl("sim", "mains", "off") == "OK"
+        _until(lambda: json.loads(agent.ctl("ups", "status", "--json"))["reading"]["ups.status"].startswith("OB"))
+        assert "REFUSED: the UPS is on battery" in agent.ctl("ups", "test", "deep")
+    finally:
+        agent.stop()
+
+
+def test_the_learned_runtime_model_is_restored_within_this_configs_limits(tmp_path: Path) -> None:
+    cfg = load_config(str(make_config(tmp_path)))
+    with Store.open(tmp_path / "m.db") as store:
+        fresh = _runtime_model(cfg, store, simulated=False)
+        assert fresh.correction == 1.0 and fresh.nominal_runtime_s == cfg.ups.nominal_runtime_s
+        store.set_meta(RUNTIME_MODEL_KEY, dict(fresh.to_dict(), correction=0.6, samples=4, nominal_runtime_s=1.0))
+        again = _runtime_model(cfg, store, simulated=False)
+        assert (again.correction, again.samples) == (0.6, 4)
+        assert again.nominal_runtime_s == cfg.ups.nominal_runtime_s  # the config's figure, not the stored one
+        store.set_meta(RUNTIME_MODEL_KEY, {"correction": "garbage"})
+        assert _runtime_model(cfg, store, simulated=False).correction == 1.0  # unreadable: nominal, no crash
