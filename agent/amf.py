@@ -115,6 +115,7 @@ class Controller:
         self.ups: UpsStatus | None = None
         self.ups_at = now  # when self.ups was read
         self.ups_lost_at: float | None = None  # link lost since (the reading is then aged)
+        self.mains_out_since: float | None = None  # the mains input last went off (None: present)
         self.alarms = AlarmBook()
         self.outputs: dict[str, bool] = {n: False for n in OUTPUT_NAMES}
         self.attempt = 0  # start attempts made in the current start sequence
@@ -139,7 +140,7 @@ class Controller:
     def handle(self, event: Event, now: float) -> list[Effect]:
         fx: list[Effect] = []
         if isinstance(event, Input):
-            self._on_input(event, fx)
+            self._on_input(event, now, fx)
         elif isinstance(event, UpsStatus):
             self.ups, self.ups_at, self.ups_lost_at = event, now, None
             self._ups_alarms(fx)
@@ -211,6 +212,7 @@ class Controller:
         c.fsd = bool(snap.get("fsd", False))
         c.chatter_hold = bool(snap.get("chatter_hold", False))
         c.inputs.update({k: v for k, v in inputs.items() if k in c.inputs})
+        c.mains_out_since = now if c.inputs["mains"] is False else None  # how long before: unknown
         run = snap.get("run") or {}
         c.run_on_load, c.run_duration_s = bool(run.get("on_load")), float(run.get("duration_s", 0.0))
         old = State(snap.get("state", State.MAINS_OK.value))
@@ -282,11 +284,20 @@ class Controller:
     def _ups_now(self, now: float) -> UpsStatus | None:
         """The UPS as best known now. With the link lost, the last reading stands, and on
         battery its runtime counts down from when it was read: a lost cable must not stop the
-        servers from being shut down in time."""
+        servers from being shut down in time. If the link was lost while on line and the mains
+        sense then shows mains gone with the generator not carrying the load, the UPS is taken
+        to be on battery since mains went (or since the reading, if later), counting down from
+        the last runtime it gave. Counting from mains loss even while a generator carried the
+        load for a while errs early: the safe side."""
         u = self.ups
-        if u is None or self.ups_lost_at is None or not u.on_battery or u.runtime_s is None:
+        if u is None or self.ups_lost_at is None or u.runtime_s is None:
             return u
-        return dataclasses.replace(u, runtime_s=max(0.0, u.runtime_s - (now - self.ups_at)))
+        if u.on_battery:
+            return dataclasses.replace(u, runtime_s=max(0.0, u.runtime_s - (now - self.ups_at)))
+        if self.mains_out_since is not None and self.state not in (State.ON_GENERATOR, State.MAINS_RETURNING):
+            since = max(self.ups_at, self.mains_out_since)
+            return dataclasses.replace(u, on_battery=True, runtime_s=max(0.0, u.runtime_s - (now - since)))
+        return u
 
     def _ups_critical(self, now: float) -> bool:
         u = self._ups_now(now)
@@ -330,10 +341,14 @@ class Controller:
         return self.starts
 
     # ------------------------------------------------------------------ event intake --------
-    def _on_input(self, ev: Input, fx: list[Effect]) -> None:
+    def _on_input(self, ev: Input, now: float, fx: list[Effect]) -> None:
         if ev.name not in self.inputs:
             fx.append(Note("unknown_input", {"name": ev.name}))
             return
+        if ev.name == "mains" and ev.active is False and self.inputs["mains"] is not False:
+            self.mains_out_since = now
+        elif ev.name == "mains" and ev.active:
+            self.mains_out_since = None
         self.inputs[ev.name] = ev.active
         if ev.name in ("e_stop", "low_fuel", "gen_not_in_auto"):
             fx += self.alarms.set(ev.name, ev.active)
@@ -706,7 +721,7 @@ class Controller:
         s, u = self.s, self._ups_now(now)
         if u is not None and self.ups_lost_at is not None and u.on_battery and u.runtime_s is not None:
             # wake when the aged estimate reaches the margin
-            cross = self.ups_at + (self.ups.runtime_s or 0.0) - (s.runtime_margin_s + s.fsd_lead_s)
+            cross = now + u.runtime_s - (s.runtime_margin_s + s.fsd_lead_s)
             if cross > now and not self.fsd:
                 self.timers["ups_estimate"] = cross
             else:

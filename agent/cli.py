@@ -33,7 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("ctl", help="talk to a running agent (same language as the serial console)")
     k.add_argument("--socket", default=None, metavar="PATH", help="default: console.ctl_socket of --config, else /run/siaga/ctl.sock")
     k.add_argument("--config", default=None, metavar="FILE")
-    k.add_argument("words", nargs="+", metavar="COMMAND")
+    # REMAINDER: the command's own flags (status --json, ups shutdown-return --yes) are its words
+    k.add_argument("words", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    n = sub.add_parser("nut", help="NUT server tools (docs/nut-server.md)")
+    nsub = n.add_subparsers(dest="nut_cmd", required=True, metavar="NUT_COMMAND")
+    nsub.add_parser("hash-password", help="read a NUT user's password (stdin, or a prompt) and "
+                    "print the password_hash line for nut.users in the site config")
+
+    w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
+    w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
+
+    from agent.provision import add_arguments as provision_arguments
+
+    v = sub.add_parser("provision", help="central broker accounts: add an office (its site id), "
+                       "rotate/revoke one, the coordinator, a private CA (docs/broker.md)")
+    provision_arguments(v)
     return p
 
 
@@ -60,9 +75,24 @@ def main(argv: list[str] | None = None) -> int:
         from agent.ups_link import probe_main
 
         return probe_main(args.port, args.protocol, args.json, args.timeout)
+    if args.cmd == "provision":
+        from agent.provision import main as provision_main
+
+        return provision_main(args)
+    if args.cmd == "wire-schema":
+        from agent.wire import schema_main
+
+        return schema_main(args.out)
+    if args.cmd == "nut" and args.nut_cmd == "hash-password":
+        from agent.nut_auth import hash_password_main
+
+        return hash_password_main()
     if args.cmd == "ctl":
         from agent.ctl import client_main
 
+        if not args.words:
+            print("siaga ctl: name a command, e.g. `siaga ctl help`", file=sys.stderr)
+            return 2
         return client_main(args.socket, args.config, args.words)
     return 2
 

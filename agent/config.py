@@ -191,6 +191,7 @@ class MqttConfig(_Model):
     username: str | None = None  # None: the site id
     password_file: str | None = None
     keepalive_s: float = Field(30.0, gt=0)
+    reconnect_max_delay_s: float = Field(60.0, ge=1)  # back-off doubles from 1 s up to this
     session_expiry_s: Seconds = 7 * 86400.0
     telemetry_interval_s: float = Field(60.0, gt=0)
     outbox_max_rows: int = Field(1_000_000, ge=1)
@@ -343,6 +344,11 @@ def config_warnings(cfg: SiteConfig) -> list[str]:
         w.append(f"ups.critical_runtime_s ({cfg.ups.critical_runtime_s:g}) is not above "
                  f"shutdown.runtime_margin_s ({cfg.shutdown.runtime_margin_s:g}): the servers are told to "
                  "shut down before the generator is hurried (start delay and warm-up cut)")
+    sd = cfg.shutdown
+    if sd.ups_shutdown_with_return and sd.runtime_margin_s < sd.max_client_wait_s + sd.ups_off_delay_s:
+        w.append(f"shutdown.runtime_margin_s ({sd.runtime_margin_s:g}) is less than max_client_wait_s + "
+                 f"ups_off_delay_s ({sd.max_client_wait_s + sd.ups_off_delay_s:g}): the battery may run flat "
+                 "before the UPS cuts its output, and then nothing power-cycles the servers back on")
     if not cfg.ups.enabled:
         w.append("ups.enabled: false: servers will never be told to shut down")
     if cfg.nut.enabled and not cfg.nut.users:

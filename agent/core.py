@@ -93,6 +93,9 @@ class Core:
         self.resample_s, self.wall_every_s, self.snapshot_every_s = resample_s, wall_every_s, snapshot_every_s
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sinks: list[Sink] = []
+        # Run inside the commit's transaction with the new records (the MQTT outbox): a record
+        # and what a hook writes for it are on disk together or not at all.
+        self.tx_hooks: list[Callable[[Any, list[JournalRecord]], None]] = []
         self.controller: amf.Controller | None = None
         self.boot_no = 0
         self._due: dict[str, float] = {}  # the core's own periodic jobs
@@ -227,7 +230,8 @@ class Core:
         entries = self._unsaved + [e for e in (journal_entry(f, now, reading.epoch_s, reading.synced) for f in fx) if e]
         snap = c.snapshot(now)
         try:
-            records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"])
+            records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"],
+                                        also=self._tx_hooks if self.tx_hooks else None)
         except Exception as e:  # StoreError, sqlite3.Error, OSError: all mean "not on disk"
             if self.storage_ok:
                 log.error("cannot write the store (%s): controlling on, holding the journal in memory", e)
@@ -249,6 +253,10 @@ class Core:
                 sink(records, fx)
             except Exception:  # a broken sink must not stop the controller
                 log.exception("sink %r failed", sink)
+
+    def _tx_hooks(self, conn, records: list[JournalRecord]) -> None:
+        for hook in self.tx_hooks:
+            hook(conn, records)
 
     def status(self) -> dict:
         now = self.clock.monotonic()

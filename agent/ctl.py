@@ -36,6 +36,11 @@ HELP = """commands:
   ups beeper                 toggle the UPS beeper (Megatec)
   ups shutdown-return --yes  UPS cuts its output after shutdown.ups_off_delay_s, back with mains
   ups cancel-shutdown        cancel a UPS shutdown in progress
+  shutdown status [--json]   the shutdown sequence: phase, NUT clients logged in
+  shutdown dry-run           what an FSD now would do, step by step (changes nothing)
+  shutdown test [CLIENT]     FSD toward one NUT user only (default shutdown.test_client)
+  shutdown test stop         end the test
+  shutdown clear-fsd         clear an FSD a NUT primary client set (it latches, as in upsd)
   sim ...                    simulator commands (hardware: simulated): sim help"""
 UPS_WORDS = {("beeper",): "beeper.toggle", ("cancel-shutdown",): "shutdown.stop",
              ("shutdown-return", "--yes"): "shutdown.return", ("test", "quick"): "test.battery.start.quick",
@@ -90,9 +95,38 @@ def _ups(ups, rest: list[str], as_json: bool) -> str:
     return f"{'OK' if ok else 'REFUSED'}: {message}"
 
 
-def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None, ups=None) -> str:
+def _shutdown(seq, rest: list[str], as_json: bool) -> str:
+    """``shutdown ...``: watch and rehearse the shutdown sequence (agent/shutdown.py)."""
+    if seq is None:
+        raise CtlError("the shutdown sequence is not running")
+    if rest == ["status"]:
+        st = seq.status()
+        if as_json:
+            return json.dumps(st, sort_keys=True)
+        return (f"phase {st['phase']}" + (f" ({st['since_s']} s)" if st["since_s"] is not None else "")
+                + f"  UPS commanded {'yes' if st['ups_commanded'] else 'no'}"
+                + (f"  test client {st['test_client']}" if st["test_client"] else "")
+                + "\nNUT clients logged in: " + (", ".join(st["clients"]) or "none"))
+    if rest == ["dry-run"]:
+        return seq.dry_run()
+    if rest == ["test", "stop"]:
+        ok, message = seq.stop_test()
+        return f"{'OK' if ok else 'REFUSED'}: {message}"
+    if rest == ["clear-fsd"]:
+        ok, message = seq.clear_client_fsd()
+        return f"{'OK' if ok else 'REFUSED'}: {message}"
+    if rest[:1] == ["test"] and len(rest) <= 2:
+        ok, message = seq.start_test(rest[1] if len(rest) == 2 else None)
+        return f"{'OK' if ok else 'REFUSED'}: {message}"
+    raise CtlError("usage: shutdown status | shutdown dry-run | shutdown test [CLIENT] | shutdown test stop | "
+                   "shutdown clear-fsd")
+
+
+def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None, ups=None,
+            shutdown=None) -> str:
     """Run one command line; returns the reply text. Raises CtlError for bad input. ``ups`` is
-    the running :class:`agent.ups_link.UpsLink` (None when no UPS is configured)."""
+    the running :class:`agent.ups_link.UpsLink` (None when no UPS is configured), ``shutdown``
+    the :class:`agent.shutdown.ShutdownSequencer`."""
     if not words:
         raise CtlError("empty command; try `help`")
     cmd, rest = words[0].lower(), words[1:]
@@ -135,6 +169,8 @@ def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None
         return "\n".join(f"{r.seq:>7} boot {r.boot} {r.kind:<8} {r.name:<26} {json.dumps(r.detail)}" for r in recs)
     if cmd == "ups":
         return _ups(ups, rest, as_json)
+    if cmd == "shutdown":
+        return _shutdown(shutdown, rest, as_json)
     if cmd == "sim":
         if sim is None:
             raise CtlError("sim commands need hardware: simulated")
@@ -160,6 +196,7 @@ class CtlServer:
 
     def __init__(self, path: str, core: Core, sim: Callable[[list[str]], str] | None = None, ups=None) -> None:
         self.path, self.core, self.sim, self.ups = path, core, sim, ups
+        self.shutdown = None  # set once the shutdown sequencer exists
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # stale socket from a killed agent
@@ -198,7 +235,7 @@ class CtlServer:
             else:
                 try:
                     words = data.split(b"\n", 1)[0].decode("utf-8").split()
-                    reply = execute(self.core, words, self.sim, self.ups)
+                    reply = execute(self.core, words, self.sim, self.ups, self.shutdown)
                 except UnicodeDecodeError:
                     reply = "ERROR: the command is not UTF-8 text"
                 except CtlError as e:

@@ -32,6 +32,9 @@ from agent.simulate import plant_params
 from agent.store import Store, StoreError
 from agent.ups_derive import RuntimeModel
 from agent.ups_link import UpsLink
+from agent.mqtt_link import start_mqtt
+from agent.nut_server import NutServer
+from agent.shutdown import STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
 from agent.ups_sim import UpsSimulator, plant_command_handler
 
 log = logging.getLogger("siaga")
@@ -40,7 +43,8 @@ SIM_HELP = """sim commands:
   sim mains on|off                            utility supply
   sim gen fail|refuel|fails-to-start|starts-normally
   sim estop on|off                            the e-stop button
-  sim fuel PCT                                set the tank level"""
+  sim fuel PCT                                set the tank level
+  sim flood N                                 journal N records at once (MQTT outbox tests)"""
 
 
 class SimWorld:
@@ -162,6 +166,10 @@ class SimWorld:
                 p.set_input(now, "e_stop", v == "on")
             case ["fuel", pct] if pct.replace(".", "", 1).isdigit() and float(pct) <= 100:
                 p.refuel(now, float(pct) / 100)
+            case ["flood", n] if n.isdigit():
+                for i in range(int(n)):  # from this thread, like any other poster
+                    self.core.post(Record("flood", {"i": i}))
+                return "OK"
             case ["help"]:
                 return SIM_HELP
             case _:
@@ -238,6 +246,63 @@ def _runtime_model(cfg: SiteConfig, store: Store, simulated: bool) -> RuntimeMod
     return model
 
 
+def _meta(store: Store, key: str) -> dict | None:
+    try:
+        return store.get_meta(key)
+    except StoreError as e:
+        log.warning("cannot read %s from the store (%s)", key, e)
+        return None
+
+
+def _start_ups(cfg: SiteConfig, core: Core, store: Store, world: SimWorld | None) -> tuple[UpsSimulator | None, UpsLink]:
+    """The UPS link thread on the configured port, or (hardware: simulated) on the built-in UPS
+    simulator's pty, driven by the simulated plant."""
+    port, ups_sim = cfg.ups.port, None
+    if world:
+        w = world
+        ups_sim = UpsSimulator(lambda: w.latest_ups, protocol="apcsmart" if cfg.ups.protocol == "apcsmart" else "megatec",
+                               link_path=os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "ttyUPS"),
+                               on_command=lambda cmd: w.inbox.put(("ups_cmd", cmd, None)))
+        port = ups_sim.link_path or ups_sim.port
+        log.info("simulated UPS on %s (%s)", ups_sim.port, port)
+    link = UpsLink(port, cfg.ups.protocol, core.post, baudrate=cfg.ups.baudrate,
+                   poll_interval_s=cfg.ups.poll_interval_s, stale_after_failures=cfg.ups.stale_after_failures,
+                   ratings_interval_s=cfg.ups.ratings_interval_s, model=_runtime_model(cfg, store, world is not None),
+                   off_delay_s=int(cfg.shutdown.ups_off_delay_s), return_delay_s=int(cfg.shutdown.ups_return_delay_s),
+                   battery_span_v=_battery_span(cfg, world),
+                   journal=lambda name, detail: core.post(Record(name, detail)),
+                   on_learned=lambda model: core.post(Call(lambda c: c.store.set_meta(RUNTIME_MODEL_KEY, model))))
+    link.start()
+    return ups_sim, link
+
+
+def _battery_span(cfg: SiteConfig, world: SimWorld | None) -> tuple[float | None, float | None]:
+    """The battery voltage span for the charge estimate: the configured one; with the simulated
+    plant, by default the plant's own flat..full volts (the generic 104/120..130/120 of nominal
+    reads a full battery as 100 % until it has lost a fifth of its charge: runtime too high)."""
+    low, high = cfg.ups.battery_voltage_low_v, cfg.ups.battery_voltage_high_v
+    if world is not None and low is None and high is None:
+        return world.plant.params.battery_flat_v, world.plant.params.battery_full_v
+    return low, high
+
+
+def _start_nut(cfg: SiteConfig, core: Core, link: UpsLink | None, seq: ShutdownSequencer) -> NutServer | None:
+    """The NUT server for the office's servers. A port it cannot bind (a stock upsd still running,
+    say) is journalled and the agent runs on: the generator matters more."""
+    server = NutServer(cfg.nut, lambda: nut_data(link, seq),
+                       instcmd=(lambda name, value: link.instcmd(name, value, source="nut")) if link else None,
+                       supported_cmds=link.supported_commands if link else (lambda: []),
+                       on_event=lambda name, detail: core.post(Record(name, detail)))
+    try:
+        server.start()
+    except OSError as e:
+        log.error("NUT server not started: %s", e)
+        core.post(Record("nut_server_failed", {"error": str(e)}))
+        return None
+    log.info("NUT server on %s", ", ".join(f"{h}:{p}" for h, p in server.ports))
+    return server
+
+
 def _run(cfg: SiteConfig) -> None:
     for w in config_warnings(cfg):
         log.warning("config: %s", w)
@@ -258,6 +323,11 @@ def _run(cfg: SiteConfig) -> None:
         world = SimWorld(cfg, factory, core, os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "sim-plant.pickle"))
         world.hw.drive_inputs()  # the pins show the world before the core reads them
         core.sinks.append(world.on_effects)
+    # Before boot: a controller that resumes in FSD says so at boot, and the sequencer must hear it.
+    seq = ShutdownSequencer(cfg.shutdown, None, None, journal=lambda name, detail: core.post(Record(name, detail)),
+                            save=lambda d: core.post(Call(lambda c: c.store.set_meta(SHUTDOWN_STATE_KEY, d))),
+                            saved=_meta(store, SHUTDOWN_STATE_KEY))
+    core.sinks.append(lambda records, fx: [seq.request(e.active, e.reason) for e in fx if isinstance(e, amf.FsdRequest)])
     core.boot(extra)
     if watchdog:
         core.post(amf.ExternalAlarm("watchdog_reset", True, "the hardware watchdog reset the Pi"))
@@ -269,28 +339,22 @@ def _run(cfg: SiteConfig) -> None:
         ctl = CtlServer(cfg.console.ctl_socket, core, world.command if world else None)
         ctl.serve_in_thread()
     world_thread = world.start() if world else None
-    ups_sim, link = None, None
-    if cfg.ups.enabled:
-        port = cfg.ups.port
-        if world:  # the built-in UPS simulator on a real pty, driven by the simulated plant
-            w = world
-            ups_sim = UpsSimulator(lambda: w.latest_ups, protocol="apcsmart" if cfg.ups.protocol == "apcsmart" else "megatec",
-                                   link_path=os.path.join(os.path.dirname(os.path.abspath(cfg.storage.path)), "ttyUPS"),
-                                   on_command=lambda cmd: w.inbox.put(("ups_cmd", cmd, None)))
-            port = ups_sim.link_path or ups_sim.port
-            log.info("simulated UPS on %s (%s)", ups_sim.port, port)
-        link = UpsLink(port, cfg.ups.protocol, core.post, baudrate=cfg.ups.baudrate,
-                       poll_interval_s=cfg.ups.poll_interval_s, stale_after_failures=cfg.ups.stale_after_failures,
-                       ratings_interval_s=cfg.ups.ratings_interval_s, model=_runtime_model(cfg, store, simulated),
-                       off_delay_s=int(cfg.shutdown.ups_off_delay_s), return_delay_s=int(cfg.shutdown.ups_return_delay_s),
-                       journal=lambda name, detail: core.post(Record(name, detail)),
-                       on_learned=lambda model: core.post(Call(lambda c: c.store.set_meta(RUNTIME_MODEL_KEY, model))))
-        if ctl:
-            ctl.ups = link
-        link.start()
+    ups_sim, link = _start_ups(cfg, core, store, world) if cfg.ups.enabled else (None, None)
+    nut = _start_nut(cfg, core, link, seq) if cfg.nut.enabled else None
+    seq.nut, seq.ups = nut, link
+    seq.start()
+    if ctl:
+        ctl.ups, ctl.shutdown = link, seq
+    mqtt = start_mqtt(cfg, core, store.path, ups_reading=link.last_reading if link else None,
+                      ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None)
     try:
         core.run_forever()
     finally:
+        if mqtt:
+            mqtt.stop()  # after the core: its last records (agent_stopping) get a moment to go out
+        seq.stop()
+        if nut:
+            nut.stop()
         if link:
             link.stop()
         if ups_sim:

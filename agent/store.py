@@ -55,6 +55,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             outputs TEXT NOT NULL, saved_at_wall REAL NOT NULL)""",
         "CREATE TABLE counters (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
     ),
+    (  # 1: the MQTT outbox and the command ids seen (agent/outbox.py, agent/mqtt_link.py)
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, seq INTEGER,
+            topic TEXT NOT NULL, payload BLOB NOT NULL, failed_rc INTEGER)""",
+        "CREATE INDEX outbox_tele ON outbox (id) WHERE kind = 'tele'",
+        """CREATE TABLE mqtt_commands (
+            id TEXT NOT NULL UNIQUE, name TEXT NOT NULL, received_wall REAL NOT NULL,
+            result TEXT)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -558,8 +558,9 @@ def smart_shutdown_return(return_delay_s: int = 0, *, digits: int = 3) -> bytes:
 INSTCMDS: dict[str, tuple[str, ...]] = {
     "megatec": ("test.battery.start.quick", "test.battery.start.deep", "test.battery.start",
                 "test.battery.stop", "beeper.toggle", "shutdown.return", "shutdown.stop"),
-    "apcsmart": ("test.battery.start.quick", "test.battery.start.deep", "test.battery.stop",
-                 "shutdown.return", "shutdown.stop"),
+    # APC: ``W`` starts a self test (it ends by itself); ``D`` starts a runtime calibration and
+    # a second ``D`` stops it, so no stop is offered: a blind toggle could start what it meant to stop.
+    "apcsmart": ("test.battery.start.quick", "test.battery.start.deep", "shutdown.return", "shutdown.stop"),
 }
 BATTERY_TESTS = ("test.battery.start.quick", "test.battery.start.deep", "test.battery.start")
 
@@ -578,7 +579,6 @@ def instcmd_bytes(protocol: str, name: str, value: Optional[str] = None, *,
         if protocol == "apcsmart":
             return {"test.battery.start.quick": lambda: SMART_SELF_TEST,
                     "test.battery.start.deep": lambda: SMART_CALIBRATION_TOGGLE,
-                    "test.battery.stop": lambda: SMART_SELF_TEST,  # W toggles the self test
                     "shutdown.return": lambda: smart_shutdown_return(return_delay_s),
                     "shutdown.stop": lambda: SMART_ABORT_SHUTDOWN}[name]()
         if name == "test.battery.start":

@@ -52,6 +52,7 @@ class Megatec:
     def __init__(self) -> None:
         self.ratings: codec.Ratings | None = None
         self.identity: codec.Identity | None = None
+        self.span: tuple[float | None, float | None] = (None, None)  # ups.battery_voltage_low_v/high_v
 
     def identify(self, port) -> None:
         f = codec.parse_f(_ask(port, codec.F))
@@ -64,9 +65,9 @@ class Megatec:
         if isinstance(q1, codec.Reject):
             raise ProtocolError(q1.reason)
         nominal = self.ratings.battery_voltage_nominal if self.ratings else None
-        charge = battery_charge_pct(q1.battery_voltage, nominal)
-        load = q1.load_pct if q1.load_pct is not None else 0.0
-        runtime = model.runtime_s(charge, load) if charge is not None else None
+        charge = battery_charge_pct(q1.battery_voltage, nominal, *self.span)
+        # an unknown load (``@@@``) is taken as full load: the short, safe runtime
+        runtime = model.runtime_s(charge, q1.load_pct if q1.load_pct is not None else 100.0)
         flags = flags_from_q1(q1)
         status = nut_status(flags, fsd=fsd, charging=not q1.utility_fail and charge is not None and charge < 99.5)
         reading = codec.reading_from_q1(q1, self.ratings, self.identity, Derived(charge, runtime, status))
@@ -156,6 +157,7 @@ class _Queued:
     data: bytes
     source: str
     at: float
+    done: Callable[[bool, str], None] | None = None  # told on the link thread: sent, or dropped and why
 
 
 class UpsLink:
@@ -171,9 +173,11 @@ class UpsLink:
                  model: RuntimeModel | None = None, opener=open_port, monotonic=time.monotonic,
                  off_delay_s: int = 120, return_delay_s: int = 0,
                  journal: Callable[[str, dict], None] | None = None,
-                 on_learned: Callable[[dict], None] | None = None) -> None:
+                 on_learned: Callable[[dict], None] | None = None,
+                 battery_span_v: tuple[float | None, float | None] = (None, None)) -> None:
         self.url, self.protocol_name, self.post = url, protocol, post
         self.off_delay_s, self.return_delay_s = off_delay_s, return_delay_s
+        self.battery_span_v = battery_span_v
         self.journal = journal or (lambda name, detail: None)
         self.on_learned = on_learned or (lambda d: None)
         self.recorder = DischargeRecorder()
@@ -204,7 +208,8 @@ class UpsLink:
         """NUT instant-command names this UPS can be sent."""
         return list(codec.INSTCMDS.get(self.protocol() or "", ()))
 
-    def instcmd(self, name: str, value: str | None = None, source: str = "local") -> tuple[bool, str]:
+    def instcmd(self, name: str, value: str | None = None, source: str = "local",
+                done: Callable[[bool, str], None] | None = None) -> tuple[bool, str]:
         """Queue NUT instant command ``name`` (sent before the next poll). Refused, with the reason,
         when the command is unknown to the protocol, its value is bad, the link is down (a
         command sent late, after re-plugging, could cut the output at the wrong time), or it is a
@@ -221,7 +226,7 @@ class UpsLink:
         last = self.last_reading()
         if name in codec.BATTERY_TESTS and last is not None and "OB" in (last.status or "").split():
             return False, "the UPS is on battery: a battery test now would drain what the servers need"
-        self._cmds.put(_Queued(name, value, data, source, self.monotonic()))
+        self._cmds.put(_Queued(name, value, data, source, self.monotonic(), done))
         return True, f"{name} queued ({data!r})"
 
     def last_reading(self) -> codec.Reading | None:
@@ -263,6 +268,8 @@ class UpsLink:
         try:
             if self.proto is None:
                 self.proto = detect(self.port) if self.protocol_name == "auto" else PROTOCOLS[self.protocol_name]()
+                if isinstance(self.proto, Megatec):
+                    self.proto.span = self.battery_span_v
             self._send_queued(now)
             if now >= self._next_ratings:
                 self.proto.identify(self.port)
@@ -288,10 +295,19 @@ class UpsLink:
             q: _Queued = self._cmds.get_nowait()
             detail = {"cmd": q.name, "value": q.value, "bytes": q.data.decode("ascii", "replace"), "source": q.source}
             if now - q.at > COMMAND_MAX_AGE_S:
-                self.journal("ups_command_dropped", dict(detail, reason=f"not sent within {COMMAND_MAX_AGE_S:g} s"))
+                self._done(q, False, f"not sent within {COMMAND_MAX_AGE_S:g} s", detail)
                 continue
-            self.proto.send(self.port, q.data)
-            self.journal("ups_command_sent", detail)
+            try:
+                self.proto.send(self.port, q.data)
+            except Exception as e:
+                self._done(q, False, f"write failed: {e}", detail)
+                raise  # a port error: the poll handles it (close, link lost)
+            self._done(q, True, "", detail)
+
+    def _done(self, q: _Queued, sent: bool, reason: str, detail: dict) -> None:
+        self.journal("ups_command_sent" if sent else "ups_command_dropped", detail if sent else dict(detail, reason=reason))
+        if q.done is not None:
+            q.done(sent, reason)
 
     def _learn(self, now: float, status: amf.UpsStatus, reading: codec.Reading) -> None:
         episode = self.recorder.observe(now, status.on_battery, reading.battery_charge_pct, reading.load_pct)

@@ -5,12 +5,19 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# System packages the test suite needs (Debian names). Later issues add Mosquitto, NUT, chromium.
-APT_PACKAGES=(nut-server nut-client ${SIAGA_APT_PACKAGES:-})
+# System packages the test suite needs (Debian names), and the programs the tests run from them:
+# each program is checked after installing, so a missing one stops here, loudly.
+APT_PACKAGES=(nut-server nut-client mosquitto ${SIAGA_APT_PACKAGES:-})
+REQUIRED_PROGRAMS=(/lib/nut/nutdrv_qx /lib/nut/upsd /bin/upsc /bin/upscmd
+                   /usr/sbin/mosquitto /usr/bin/mosquitto_passwd)
 
 apt_install() {
   local missing=()
-  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  # "install ok installed" only: `dpkg -s` also succeeds for a removed package whose config
+  # files remain ("deinstall ok config-files"), whose programs are gone.
+  for p in "$@"; do
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
   echo "setup: installing system packages: ${missing[*]}" >&2
@@ -21,6 +28,10 @@ apt_install() {
 ensure_env() {  # ensure_env EXTRAS  (e.g. "test" or "test,central")
   local extras="$1"
   if [ ${#APT_PACKAGES[@]} -gt 0 ]; then apt_install "${APT_PACKAGES[@]}"; fi
+  local prog
+  for prog in "${REQUIRED_PROGRAMS[@]}"; do
+    [ -x "$prog" ] || { echo "setup: $prog is missing after installing ${APT_PACKAGES[*]}" >&2; exit 1; }
+  done
   local py="${PYTHON:-python3}"
   "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "setup: Python >= 3.11 needed, found $("$py" --version 2>&1)" >&2; exit 1; }
@@ -33,7 +44,7 @@ ensure_env() {  # ensure_env EXTRAS  (e.g. "test" or "test,central")
       echo "setup: installing the Python packages failed (full log: .venv/pip-install.log)" >&2
       exit 1
     fi
-    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis" \
+    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis, cryptography" \
       || { echo "setup: the installed environment is incomplete" >&2; exit 1; }
     touch "$stamp"
   fi

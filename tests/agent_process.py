@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,12 @@ from agent.ctl import request
 
 ROOT = Path(__file__).resolve().parents[1]
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 TIMERS = {  # each state lasts long enough to be caught by polling
     "mains_fail_delay_s": 2, "start_delay_s": 2, "warm_up_s": 3, "mains_return_delay_s": 4,
     "cool_down_s": 4, "min_run_s": 0, "fail_to_stop_s": 10, "crank_rest_s": 4,
@@ -26,7 +33,8 @@ TIMERS = {  # each state lasts long enough to be caught by polling
 
 
 def make_config(tmp: Path, crank: bool = False, **sections) -> Path:
-    """A site config in ``tmp``; ``sections`` replace whole top-level sections (e.g. ``mqtt={...}``)."""
+    """A site config in ``tmp``; each of ``sections`` (e.g. ``mqtt={...}``) is merged into that
+    top-level section (a dict into a dict; anything else replaces it)."""
     base = yaml.safe_load((ROOT / "firmware_config" / ("site-crank.yaml" if crank else "site-simulated.yaml")).read_text())
     base["hardware"] = "simulated"
     base["gpio"]["pin_factory"] = "mock"
@@ -37,8 +45,10 @@ def make_config(tmp: Path, crank: bool = False, **sections) -> Path:
     base["storage"] = {"path": str(tmp / "siaga.db"), "synchronous": "full"}
     base["console"] = {"port": None, "ctl_socket": str(tmp / "ctl.sock")}
     base["mqtt"] = {"enabled": False}
+    base["nut"] = {"enabled": True, "listen": ["127.0.0.1"], "port": free_port()}  # never a shared 3493
     base["simulation"] = {"gen_start_s": 3.0, "ups_runtime_s_at_load": 3600, "load_pct": 40}
-    base.update(sections)
+    for key, value in sections.items():  # a dict merges into the example's section
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(base))
     return path

@@ -226,3 +226,233 @@ class NutServer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# --- NUT clients against any NUT server (the agent's, or upsd) ---------------------------------
+
+UPSMON = "/lib/nut/upsmon"  # the real binary: /sbin/upsmon is a wrapper that exits when MODE=none
+UPSMON_PIDDIR = Path("/run/nut")  # compiled into upsmon 2.8.0: the pid file is <here>/<argv0>.pid
+
+
+def require_nut_clients() -> None:
+    """Fail (never skip) when Debian's upsc/upscmd/upsmon are missing or we are not root."""
+    missing = [p for p in (UPSC, UPSCMD, UPSMON) if not os.access(p, os.X_OK)]
+    if missing:
+        pytest.fail(f"NUT client programs missing: {', '.join(missing)}. Install Debian's "
+                    "nut-client (./scripts/test does; or `apt-get install -y nut-client`).",
+                    pytrace=False)
+    if os.geteuid() != 0:
+        pytest.fail("upsmon runs its SHUTDOWNCMD from a root parent: run these tests as root",
+                    pytrace=False)
+
+
+def run_upsc(host: str, port: int, ups: str, var: str | None = None, *, list_ups: bool = False,
+             timeout: float = 15.0) -> subprocess.CompletedProcess:
+    """Debian's real ``upsc UPS@HOST:PORT [VAR]`` (or ``upsc -l HOST:PORT`` with ``list_ups``).
+    Returns the CompletedProcess (text): rc 0 and ``name: value`` lines (or the bare value, or
+    the UPS names) on stdout; rc 1 and ``Error: ...`` on stderr (e.g. ``Error: Data stale``,
+    ``Error: Variable not supported by UPS``). Parse the lines with ``parse_vars``."""
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    argv = [UPSC, "-l", target] if list_ups else [UPSC, f"{ups}@{target}"] + ([var] if var else [])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+class Upsmon:
+    """Debian's real ``upsmon`` 2.8.0, run as root in the foreground against one UPS, with a
+    temporary NUT_CONFPATH/NUT_STATEPATH. Its SHUTDOWNCMD appends a timestamp to ``marker``
+    instead of halting; every NOTIFY event is appended to ``notify_log``. Use as a context
+    manager (or ``start()`` / ``close()``); the process group is always killed and the pid file
+    upsmon leaves in /run/nut removed.
+
+    Example::
+
+        with Upsmon("127.0.0.1", port, "ups", "mon1", "secret", role="primary") as mon:
+            mon.wait_logged_in()
+            server.set_fsd(True)
+            mon.wait_shutdown(timeout=15)
+
+    Arguments: ``role`` is ``primary`` or ``secondary`` (the MONITOR line's last word).
+    ``pollfreq`` / ``pollfreq_alert`` (POLLFREQ / POLLFREQALERT, s), ``hostsync`` (how long a
+    primary waits for secondaries to log out after setting FSD, and a secondary waits on OB+LB
+    for the primary), ``deadtime`` and ``finaldelay`` (pause between the SHUTDOWN notice and
+    SHUTDOWNCMD) default small so a test takes seconds. ``name`` becomes argv[0]
+    (``upsmon-<name>``): upsmon refuses to start twice under one name, so each instance gets
+    a unique one.
+
+    Timing facts (upsmon 2.8.0, measured here): the first poll comes about 5 s after start
+    whatever POLLFREQ says; once a status was read it polls every POLLFREQ (POLLFREQALERT while
+    on battery). On ``FSD`` a secondary runs SHUTDOWNCMD after FINALDELAY; a primary first
+    sends ``FSD <ups>`` itself, then polls ``GET NUMLOGINS`` every 250 ms until it is the last
+    one logged in, or HOSTSYNC passes.
+    """
+
+    _count = 0
+
+    def __init__(self, host: str, port: int, ups: str, user: str, password: str, *,
+                 role: str = "secondary", pollfreq: int = 1, pollfreq_alert: int = 1,
+                 hostsync: int = 3, deadtime: int = 6, finaldelay: int = 0,
+                 name: str | None = None) -> None:
+        if role not in ("primary", "secondary"):
+            raise ValueError("role must be primary or secondary")
+        Upsmon._count += 1
+        self.name = name or f"{role[:3]}{os.getpid()}x{Upsmon._count}"
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"upsmon-{self.name}-")
+        self.root = Path(self._tmp.name)
+        self.marker = self.root / "SHUTDOWN_MARKER"
+        self.notify_log = self.root / "notify.log"
+        self.log_path = self.root / "upsmon.log"
+        self.argv0 = self.root / f"upsmon-{self.name}"
+        self.pidfile = UPSMON_PIDDIR / f"upsmon-{self.name}.pid"
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.monitor = f"MONITOR {ups}@{target} 1 {user} {password} {role}"
+        self.settings = dict(POLLFREQ=pollfreq, POLLFREQALERT=pollfreq_alert, HOSTSYNC=hostsync,
+                             DEADTIME=deadtime, FINALDELAY=finaldelay)
+        self.proc: subprocess.Popen | None = None
+        self._logf = None
+
+    def _write_config(self) -> None:
+        etc, state = self.root / "etc", self.root / "state"
+        etc.mkdir()
+        state.mkdir(mode=0o770)
+        notify = self.root / "notify.sh"
+        notify.write_text(f'#!/bin/sh\necho "$(date +%s.%N) $NOTIFYTYPE $*" >> {self.notify_log}\n')
+        notify.chmod(0o755)
+        lines = [self.monitor, "MINSUPPLIES 1",
+                 f"SHUTDOWNCMD \"/bin/sh -c 'date +%s.%N >> {self.marker}'\"",
+                 f"NOTIFYCMD {notify}",
+                 *(f"NOTIFYFLAG {ev} EXEC" for ev in ("ONLINE", "ONBATT", "LOWBATT", "FSD",
+                                                      "COMMOK", "COMMBAD", "SHUTDOWN", "NOCOMM")),
+                 *(f"{k} {v}" for k, v in self.settings.items()),
+                 f"POWERDOWNFLAG {self.root / 'killpower'}", "RUN_AS_USER root"]
+        conf = etc / "upsmon.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        conf.chmod(0o640)
+        os.symlink(UPSMON, self.argv0)
+
+    def start(self) -> "Upsmon":
+        require_nut_clients()
+        UPSMON_PIDDIR.mkdir(mode=0o770, exist_ok=True)
+        self._write_config()
+        self._logf = open(self.log_path, "wb")
+        env = dict(os.environ, NUT_CONFPATH=str(self.root / "etc"),
+                   NUT_STATEPATH=str(self.root / "state"))
+        self.proc = subprocess.Popen([str(self.argv0), "-D", "-u", "root"], env=env,
+                                     stdout=self._logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def notifications(self) -> list[str]:
+        """NOTIFY types seen so far, in order (ONBATT, FSD, SHUTDOWN, COMMOK, ...)."""
+        try:
+            return [ln.split()[1] for ln in self.notify_log.read_text().splitlines() if ln.strip()]
+        except OSError:
+            return []
+
+    @property
+    def shut_down(self) -> bool:
+        """True once SHUTDOWNCMD has run (the marker file exists)."""
+        return self.marker.exists()
+
+    def _wait(self, what: str, ok: Callable[[], bool], timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if ok():
+                return
+            time.sleep(0.05)
+        pytest.fail(f"upsmon {self.name}: timed out after {timeout} s waiting for {what}\n"
+                    f"{self.monitor}\nnotify: {self.notifications()}\nlog:\n{self.log()[-3000:]}")
+
+    def wait_logged_in(self, timeout: float = 15.0) -> None:
+        """Until upsmon logged into the UPS (its debug log says ``Logged into UPS``)."""
+        self._wait("login", lambda: "Logged into UPS" in self.log(), timeout)
+
+    def wait_shutdown(self, timeout: float = 20.0) -> float:
+        """Until SHUTDOWNCMD ran; returns its wall-clock timestamp (from the marker)."""
+        self._wait("SHUTDOWNCMD", lambda: self.marker.exists() and self.marker.read_text().strip() != "",
+                   timeout)
+        return float(self.marker.read_text().split()[0])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            # Its own session: the group is upsmon's parent, its child and NOTIFYCMD runs. Signal
+            # the group even when the parent already exited (after SHUTDOWNCMD).
+            pgid, end = self.proc.pid, time.monotonic() + 3.0
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                while time.monotonic() < end:
+                    self.proc.poll()  # reap the leader, or it stays in the group as a zombie
+                    os.killpg(pgid, 0)  # ProcessLookupError: the group is empty
+                    time.sleep(0.05)
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+            self.proc = None
+        if self._logf is not None:
+            self._logf.close()
+            self._logf = None
+        try:  # upsmon does not remove its pid file after SHUTDOWNCMD
+            self.pidfile.unlink()
+        except FileNotFoundError:
+            pass
+
+    # The same life cycle as NutServer above: close() = stop() + remove the temp directory;
+    # a context manager that closes when start() fails.
+    close = NutServer.close
+    __enter__ = NutServer.__enter__
+    __exit__ = NutServer.__exit__
+
+
+DUMMY_UPS = "/lib/nut/dummy-ups"
+
+
+class DummyUpsd(NutServer):
+    """Real ``upsd`` 2.8.0 serving Debian's ``dummy-ups`` driver (a UPS whose variables come
+    from a file) on a free loopback port, with the given ``upsd.users`` text: a reference to
+    compare another NUT server with. Use as a context manager; ``tcp_port`` is upsd's port."""
+
+    def __init__(self, dev_vars: dict[str, str], users_conf: str, *, ups: str = UPS_NAME,
+                 desc: str = "Reference UPS", start_timeout: float = 15.0) -> None:
+        super().__init__("", start_timeout=start_timeout)
+        self.ups, self.desc = ups, desc
+        self.dev_vars, self.users_conf = dev_vars, users_conf
+
+    def _write_config(self) -> None:
+        _make_dirs(self.root)
+        etc = self.root / "etc"
+        (etc / "dummy.dev").write_text("".join(f"{k}: {v}\n" for k, v in self.dev_vars.items()))
+        desc = self.desc.replace("\\", "\\\\").replace('"', '\\"')
+        (etc / "ups.conf").write_text(f'[{self.ups}]\n\tdriver = dummy-ups\n\tport = dummy.dev\n'
+                                      f'\tdesc = "{desc}"\n')
+        (etc / "upsd.conf").write_text(f"LISTEN 127.0.0.1 {self.tcp_port}\nMAXAGE 15\n")
+        (etc / "upsd.users").write_text(self.users_conf)
+        (etc / "nut.conf").write_text("MODE=standalone\n")
+        for f in etc.iterdir():
+            os.chmod(f, 0o640)
+
+    def start(self) -> "DummyUpsd":
+        require_nut()
+        if not os.access(DUMMY_UPS, os.X_OK):
+            pytest.fail(f"{DUMMY_UPS} missing: install Debian's nut-server", pytrace=False)
+        self._write_config()
+        self._spawn("driver", [DUMMY_UPS, "-a", self.ups, "-u", "root", "-D"])
+        self._wait("the driver's socket", (self.root / "state" / f"dummy-ups-{self.ups}").exists,
+                   self.start_timeout)
+        self._spawn("upsd", [UPSD, "-u", "root", "-D"])
+
+        def ready() -> bool:  # dummy-ups says WAIT until it has read its file
+            p = run_upsc("127.0.0.1", self.tcp_port, self.ups, "ups.status")
+            return p.returncode == 0 and p.stdout.strip() not in ("", "WAIT")
+
+        self._wait("ups.status from upsd", ready, self.start_timeout)
+        return self

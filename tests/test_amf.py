@@ -1590,3 +1590,29 @@ def test_a_dip_after_mains_returned_during_warm_up_finishes_the_warm_up_first():
     assert sim.state is S.WARMING_UP and not sim.outputs["transfer"]
     sim.until_state(S.ON_GENERATOR)
     assert sim.now == t_run + sim.settings.warm_up_s and sim.outputs["transfer"]
+
+
+def test_ups_link_lost_on_line_then_mains_fails_still_shuts_the_servers_down_in_time():
+    """The cable goes while the UPS is on line; then mains fails and the generator never comes:
+    the agent cannot hear the UPS go on battery, so it counts the last runtime down from the
+    moment the mains sense dropped."""
+    sim = outage_sim(runtime_margin_s=600.0, fsd_lead_s=2.0, crank_attempts=1)
+    sim.ups(on_battery=False, runtime_s=1800.0)
+    sim.post(ExternalAlarm("ups_link_lost", True, "port error"))
+    sim.advance(500.0)
+    assert not sim.c.fsd
+    t_out = sim.now
+    sim.inputs(mains=False)  # the genset never starts: gen_running stays off
+    sim.run_until(lambda s: s.c.fsd)
+    assert sim.fsd()[0] == (t_out + 1800.0 - 602.0, True)
+
+
+def test_ups_link_lost_on_line_with_the_generator_carrying_raises_no_fsd():
+    sim = outage_sim(runtime_margin_s=600.0, fsd_lead_s=2.0)
+    sim.ups(on_battery=False, runtime_s=1800.0)
+    sim.post(ExternalAlarm("ups_link_lost", True, "port error"))
+    sim.inputs(mains=False)
+    start_generator(sim)
+    sim.until_state(S.ON_GENERATOR)
+    sim.advance(3600.0)
+    assert sim.state is S.ON_GENERATOR and not sim.c.fsd

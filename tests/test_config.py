@@ -585,3 +585,11 @@ def test_only_the_start_output_may_be_wired_normally_closed(name):
     if name in ("crank", "preheat"):
         text += "generator:\n  profile: crank\n"
     assert_rejected(text, f"gpio.outputs.{name}.contact", f"{name}: {{pin: 19, contact: NC}}", "NO contact")
+
+
+def test_a_margin_shorter_than_the_client_wait_and_ups_delay_is_warned():
+    cfg = parse_config(BASE + "shutdown:\n  runtime_margin_s: 200\n  max_client_wait_s: 180\n  ups_off_delay_s: 120\n"
+                       + "ups:\n  critical_runtime_s: 900\n")
+    assert any("runtime_margin_s (200) is less than max_client_wait_s + ups_off_delay_s (300)" in w
+               for w in config.config_warnings(cfg))
+    assert not any("max_client_wait_s" in w for w in config.config_warnings(parse_config(BASE)))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_process import Agent, make_config
+from agent_process import TIMERS, Agent, make_config
 
 pytestmark = pytest.mark.slow
 

@@ -562,7 +562,7 @@ def test_megatec_instcmd_bytes(name, value, wire):
 
 
 @pytest.mark.parametrize("name,wire", [
-    ("test.battery.start.quick", b"W"), ("test.battery.start.deep", b"D"), ("test.battery.stop", b"W"),
+    ("test.battery.start.quick", b"W"), ("test.battery.start.deep", b"D"),
     ("shutdown.return", b"@002"), ("shutdown.stop", b"\x7f"),
 ])
 def test_apcsmart_instcmd_bytes(name, wire):
@@ -572,6 +572,7 @@ def test_apcsmart_instcmd_bytes(name, wire):
 @pytest.mark.parametrize("protocol,name,value,why", [
     ("megatec", "load.off", None, "no instant command 'load.off'"),
     ("apcsmart", "beeper.toggle", None, "no instant command 'beeper.toggle'"),
+    ("apcsmart", "test.battery.stop", None, "no instant command 'test.battery.stop'"),
     ("megatec", "test.battery.start", None, "needs a duration"),
     ("megatec", "test.battery.start", "30", "60..5940"),
     ("megatec", "test.battery.start", "6000", "60..5940"),

@@ -5,6 +5,8 @@ learned runtime model kept across restarts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -35,6 +37,10 @@ def test_ups_commands_from_the_console_reach_the_ups_and_the_journal(tmp_path: P
         st = _until(lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s)
         assert st["protocol"] == "megatec" and st["reading"]["ups.status"].startswith("OL")
         assert "shutdown.return" in st["commands"]
+        # the command line a technician types: the command's own flags pass through
+        cli = subprocess.run([sys.executable, "-m", "agent.cli", "ctl", "--socket", agent.sock, "ups", "status", "--json"],
+                             capture_output=True, text=True, timeout=30)
+        assert cli.returncode == 0 and json.loads(cli.stdout)["link_up"] is True, cli.stderr
 
         assert agent.ctl("ups", "test", "quick").startswith("OK: test.battery.start.quick queued")
         assert agent.ctl("ups", "test", "30").startswith("REFUSED: test.battery.start: '30'")

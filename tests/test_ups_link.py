@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import serial
 from gpiozero.pins.mock import MockFactory
 from hypothesis import given, settings, strategies as st
@@ -277,3 +278,18 @@ def test_probe_prints_nut_names_and_a_dead_port_fails_fast(tmp_path):
         assert p.returncode == 1 and "no valid reply" in p.stderr and "Traceback" not in p.stderr
         assert time.monotonic() - t0 < 10
     assert not os.path.exists(tmp_path / "nothing")
+
+
+def test_the_configured_battery_span_sets_the_charge_and_an_unknown_load_counts_as_full():
+    def charge(span, q1=GOOD_Q1):
+        link = UpsLink("fake://", "megatec", lambda e: None, battery_span_v=span,
+                       model=RuntimeModel(nominal_runtime_s=600, nominal_load_pct=50),
+                       opener=lambda url, baud: FakePort([GOOD_F, b"#" + b" " * 37 + b"\r", q1]))
+        link.poll_once()
+        return link.last.battery_charge_pct, link.last.battery_runtime_s
+
+    assert charge((None, None))[0] == 100.0  # 2.27 V/cell x 12 = 27.24 V, over the default 26 V top
+    assert charge((22.0, 28.0))[0] == pytest.approx((27.24 - 22.0) / 6.0 * 100, abs=0.5)
+    no_load = GOOD_Q1.replace(b" 021 ", b" @@@ ")
+    c, runtime = charge((None, None), no_load)
+    assert runtime == pytest.approx(RuntimeModel(nominal_runtime_s=600, nominal_load_pct=50).runtime_s(c, 100.0))
