@@ -294,7 +294,11 @@ class Controller:
             return u
         if u.on_battery:
             return dataclasses.replace(u, runtime_s=max(0.0, u.runtime_s - (now - self.ups_at)))
-        if self.mains_out_since is not None and self.state not in (State.ON_GENERATOR, State.MAINS_RETURNING):
+        # Carried by the generator only if its own sense says so: with ups_input or assumed
+        # confirmation, "running" itself rests on the UPS reading that is now missing.
+        carried = (self.state in (State.ON_GENERATOR, State.MAINS_RETURNING)
+                   and self.s.confirm is Confirm.GEN_SENSE and bool(self.inputs["gen_running"]))
+        if self.mains_out_since is not None and not carried:
             since = max(self.ups_at, self.mains_out_since)
             return dataclasses.replace(u, on_battery=True, runtime_s=max(0.0, u.runtime_s - (now - since)))
         return u

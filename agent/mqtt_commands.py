@@ -45,7 +45,9 @@ ARGS: dict[str, dict[str, tuple[type, ...]]] = {
     "ups_test": {"type": (str,)},
     "rebirth": {},
 }
-UPS_TESTS = {"quick": "test.battery.start.quick", "deep": "test.battery.start.deep"}
+# Remote: the quick test only. A deep test runs the battery down to low (Megatec TL) or
+# recalibrates it (APC D): a technician on site decides that (`siaga ctl ups test deep`).
+UPS_TESTS = {"quick": "test.battery.start.quick"}
 KEEP_IDS = 10_000  # command ids remembered (far more than a week of commands)
 COMMAND_TIMEOUT_S = 10.0  # for the controller's answer
 
@@ -73,7 +75,8 @@ def check_args(name: str, args: dict) -> str | None:
         if not isinstance(value, allowed[key]) or (bool not in allowed[key] and isinstance(value, bool)):
             return f"{name}: {key} has the wrong type"
     if name == "ups_test" and args.get("type", "quick") not in UPS_TESTS:
-        return "ups_test: type must be quick or deep"
+        return ("ups_test: type must be quick (a deep test is started on site: siaga ctl ups test deep)"
+                if args.get("type") == "deep" else "ups_test: type must be quick")
     return None
 
 

@@ -40,6 +40,7 @@ log = logging.getLogger("siaga.shutdown")
 
 STEP_S = 0.5
 UPS_RETRY_S = 5.0
+CLIENT_GRACE_S = 30.0  # with nobody logged in at FSD, wait this long for upsmons that reconnect
 UPS_RESULT_TIMEOUT_S = 20.0  # the link reports a queued command sent or dropped within ~10 s
 STATE_KEY = "shutdown_sequence"  # store meta: {"ups_commanded": true} while an FSD is on
 
@@ -60,6 +61,8 @@ class ShutdownSequencer:
         self.ups_commanded = bool((saved or {}).get("ups_commanded"))
         self.clear_pending = False  # the controller cleared its FSD while the sequence went on
         self.fsd_shown = False
+        self.logins_at_fsd = 0  # NUT logins when FSD was raised
+        self.back_on_line = False  # the UPS read on line after the command: the power cycle happened
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -143,7 +146,11 @@ class ShutdownSequencer:
         while not self._inbox.empty():
             self._handle(*self._inbox.get_nowait(), now)
         if self.phase == "waiting_clients":
-            if self.nut is None or self.nut.numlogins() == 0:
+            # Nobody logged in yet may mean upsmons still reconnecting (after an agent restart, a
+            # network blip): then wait a grace period before taking "no clients" for "all gone".
+            gone = self.nut is not None and self.nut.numlogins() == 0 and (
+                self.logins_at_fsd > 0 or now - self.since >= min(CLIENT_GRACE_S, self.cfg.max_client_wait_s))
+            if gone:
                 self._note("shutdown_clients_gone", waited_s=round(now - self.since, 1))
                 self._go("commanding_ups", now)
             elif now >= self.deadline:
@@ -170,16 +177,15 @@ class ShutdownSequencer:
                 self._end_test(now)
             if self.phase != "idle":
                 return  # already under way
-            self.reason, self.clear_pending = reason or "", False
-            self._show_fsd(True)
-            self._note("shutdown_fsd_raised", reason=self.reason, clients=self._clients(),
-                       max_wait_s=self.cfg.max_client_wait_s)
-            self.deadline = now + self.cfg.max_client_wait_s
-            if self.ups_commanded:  # this FSD's UPS command went before a restart: never again
-                self._note("shutdown_ups_already_commanded")
+            self.reason, self.clear_pending, self.back_on_line = reason or "", False, False
+            if self.ups_commanded:
+                # This FSD's UPS command went before a restart: never again, and no FSD toward the
+                # clients (they had gone; a Pi on the UPS output restarts on the restored power,
+                # when the servers boot too). A new outage after the power is back starts over.
+                self._note("shutdown_ups_already_commanded", reason=self.reason)
                 self._go("done", now)
             else:
-                self._go("waiting_clients", now)
+                self._raise(now)
         elif kind == "fsd":
             if self.phase in ("waiting_clients", "commanding_ups", "ups_pending"):
                 # Power came back mid-sequence. The clients saw the FSD and are halting: only the
@@ -207,6 +213,14 @@ class ShutdownSequencer:
         elif kind == "test_stop" and self.phase == "test":
             self._note("shutdown_test_stopped", client=self.test_user)
             self._end_test(now)
+
+    def _raise(self, now: float) -> None:
+        self._show_fsd(True)
+        self.logins_at_fsd = self.nut.numlogins() if self.nut is not None else 0
+        self._note("shutdown_fsd_raised", reason=self.reason, clients=self._clients(),
+                   max_wait_s=self.cfg.max_client_wait_s)
+        self._go("waiting_clients", now)
+        self.deadline = now + self.cfg.max_client_wait_s
 
     def _end_test(self, now: float) -> None:
         self.nut.set_fsd(False)
@@ -254,12 +268,21 @@ class ShutdownSequencer:
         restored power are not told to halt again (the controller's own FSD waits for stable
         power; a fresh upsmon would halt its machine on sight). Then, once the controller has
         cleared its FSD, the sequence ends."""
-        if self.fsd_shown:
-            reading = self.ups.last_reading() if self.ups is not None else None
-            back = self.ups_commanded and reading is not None and "OL" in (reading.status or "").split()
-            if back or self.clear_pending:
-                self._show_fsd(False)
-                self._note("shutdown_fsd_lifted", why="the UPS is on line again" if back else "power back and stable")
+        reading = self.ups.last_reading() if self.ups is not None else None
+        status = (reading.status or "").split() if reading is not None else []
+        if self.ups_commanded and "OL" in status:
+            self.back_on_line = True
+        elif self.ups_commanded and self.back_on_line and "OB" in status and not self.clear_pending:
+            # Mains failed again before the controller cleared its FSD (which it then does not
+            # raise anew): the servers booted on the restored power and need telling again.
+            self.ups_commanded, self.back_on_line = False, False
+            self.save({})
+            self.reason = "mains failed again after the UPS's power cycle"
+            self._raise(now)
+            return
+        if self.fsd_shown and (self.back_on_line or self.clear_pending):
+            self._show_fsd(False)
+            self._note("shutdown_fsd_lifted", why="the UPS is on line again" if self.back_on_line else "power back and stable")
         if self.clear_pending:
             self._note("shutdown_complete", ups_commanded=self.ups_commanded)
             if self.ups_commanded:

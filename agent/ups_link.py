@@ -17,6 +17,7 @@ takes about 0.2 s at 2400 baud; instant commands get no reply.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sys
 import termios
@@ -31,6 +32,7 @@ from agent import amf, ups_codec as codec
 from agent.ups_derive import (Derived, DischargeRecorder, RuntimeModel, battery_charge_pct, flags_from_q1,
                                flags_from_smart, nut_status)
 
+log = logging.getLogger("siaga.ups")
 REPLY_TIMEOUT_S = 1.0  # nutdrv_qx waits SER_WAIT_SEC = 1 s for a reply
 BACKOFF_MAX_S = 30.0
 COMMAND_MAX_AGE_S = 10.0  # a queued UPS command not sent by then is dropped, never sent late
@@ -226,6 +228,9 @@ class UpsLink:
         last = self.last_reading()
         if name in codec.BATTERY_TESTS and last is not None and "OB" in (last.status or "").split():
             return False, "the UPS is on battery: a battery test now would drain what the servers need"
+        if name in codec.BATTERY_TESTS and last is not None and (last.battery_charge_pct or 0.0) < 90.0:
+            return False, (f"the battery is at {last.battery_charge_pct or 0:.0f} %: test it once recharged "
+                           "(>= 90 %), so an outage right after finds it full")
         self._cmds.put(_Queued(name, value, data, source, self.monotonic(), done))
         return True, f"{name} queued ({data!r})"
 
@@ -248,7 +253,12 @@ class UpsLink:
     def _run(self) -> None:
         while not self._stop.is_set():
             started = self.monotonic()
-            self.poll_once()
+            try:
+                self.poll_once()
+            except Exception as e:  # a bug must not leave a frozen "up" link behind: lose it, reopen
+                log.exception("UPS poll failed")
+                self._close()
+                self._fail(f"internal error: {e!r}", lost=True)
             self._stop.wait(max(0.0, self.poll_interval_s - (self.monotonic() - started)))
 
     def poll_once(self) -> None:

@@ -94,6 +94,16 @@ class Agent:
             time.sleep(0.05)
         raise AssertionError(f"never reached {state}; now {self.status()['state']}\n" + self.ctl("journal", "30"))
 
+    def until(self, what: str, fn, timeout: float = 10.0):
+        """Poll ``fn`` until it returns something true (returned); fail with the journal's tail."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            v = fn()
+            if v:
+                return v
+            time.sleep(0.1)
+        raise AssertionError(f"{what}: not within {timeout} s\n" + self.ctl("journal", "40"))
+
     def kill(self) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)

@@ -592,7 +592,9 @@ def render_deploy_conf(root: Path, fleet: Fleet, plain_port: int, tls_port: int)
     etc = root / "etc"
     (etc / "conf.d").mkdir(parents=True)
     (etc / "certs").mkdir()
-    files = {"passwd": fleet.passwd, "ca.crt": fleet.pki.ca_cert,
+    # the deploy ACL file itself, copied: the broker (user mosquitto) may not be able to reach
+    # the checkout (a 0700 temporary clone in CI)
+    files = {"acl": ACL, "passwd": fleet.passwd, "ca.crt": fleet.pki.ca_cert,
              "server.crt": fleet.pki.server_cert, "server.key": fleet.pki.server_key}
     for name, src in files.items():
         shutil.copy2(src, etc / "certs" / name)
@@ -601,7 +603,7 @@ def render_deploy_conf(root: Path, fleet: Fleet, plain_port: int, tls_port: int)
             shutil.chown(etc / "certs" / name, "root", "mosquitto")
             os.chmod(etc / "certs" / name, 0o640)
     subs = {"/etc/mosquitto/siaga/passwd": str(etc / "certs" / "passwd"),
-            "/etc/mosquitto/siaga/acl": str(ACL),
+            "/etc/mosquitto/siaga/acl": str(etc / "certs" / "acl"),
             "/etc/mosquitto/ca_certificates/siaga-ca.crt": str(etc / "certs" / "ca.crt"),
             "/etc/mosquitto/certs/server.crt": str(etc / "certs" / "server.crt"),
             "/etc/mosquitto/certs/server.key": str(etc / "certs" / "server.key"),

@@ -61,7 +61,8 @@ def test_valid_requests() -> None:
                           "expires_at": 5.0, "issuer": "central"}).encode())
     assert p.request and p.request.args == {"duration_s": 600, "on_load": True} and p.request.expires_at == 5.0
     assert parse(b'{"id":"c-2","name":"rebirth"}').request.args == {}  # v and args may be left out
-    assert parse(b'{"id":"c-3","name":"ups_test","args":{"type":"deep"}}').request
+    assert parse(b'{"id":"c-3","name":"ups_test","args":{"type":"quick"}}').request
+    assert parse(b'{"id":"c-3","name":"ups_test","args":{"type":"deep"}}').request is None
 
 
 @pytest.mark.parametrize("payload,code,cmd_id", [

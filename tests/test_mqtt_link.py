@@ -395,14 +395,15 @@ def test_ups_test_and_rebirth(broker, rig_factory, sub_factory):
     rig = rig_factory(broker, link_kwargs={"ups_command": lambda name, value: (calls.append((name, value)) or (True, "queued"))})
     wait_connected(rig)
     sub = sub_factory(broker, [f"siaga/{SITE}/res/#", wire.status_topic(SITE)])
-    assert result(sub, command(sub, "ups_test", {"type": "deep"}))["ok"] is True
+    deep = result(sub, command(sub, "ups_test", {"type": "deep"}))  # deep tests are decided on site
+    assert deep["ok"] is False and "siaga ctl ups test deep" in deep["message"]
     assert result(sub, command(sub, "ups_test"))["ok"] is True
-    assert calls == [("test.battery.start.deep", None), ("test.battery.start.quick", None)]
+    assert calls == [("test.battery.start.quick", None)]
     n = len(sub.on(wire.status_topic(SITE)))
     assert result(sub, command(sub, "rebirth"))["ok"] is True
     sub.wait(lambda ms: len([m for m in ms if m.topic == wire.status_topic(SITE)]) > n, what="status again")
-    names = [r.name for r in rig.journal() if r.name == "mqtt_command"]
-    assert len(names) == 3
+    names = [r.name for r in rig.journal() if r.name in ("mqtt_command", "mqtt_command_refused")]
+    assert names == ["mqtt_command_refused", "mqtt_command", "mqtt_command"]
 
 
 def test_ups_test_without_ups_is_refused(broker, rig_factory, sub_factory):

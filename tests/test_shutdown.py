@@ -168,13 +168,13 @@ def test_after_a_restart_in_the_same_fsd_the_ups_is_not_told_again(rig):
     r.seq.request(True, "restored after restart")
     r.at(1.0)
     r.at(500.0)
-    assert r.names() == ["shutdown_fsd_raised", "shutdown_ups_already_commanded"]
+    assert r.names() == ["shutdown_ups_already_commanded"]
     c = Client(r.port, "server1")
-    assert c.status().startswith('VAR ups ups.status "FSD')  # the clients still see the FSD
+    assert c.status() == 'VAR ups ups.status "OB"'  # they had gone; no FSD toward servers booting later
     r.plant.set_mains(501.0, True)  # the power is back (a Pi on the UPS output restarts here)
     r.link.poll_once()
     r.at(501.0)
-    assert r.names()[-1] == "shutdown_fsd_lifted" and c.status() == 'VAR ups ups.status "OL"'
+    assert c.status() == 'VAR ups ups.status "OL"'
     r.seq.request(False, "power back and stable for 300s")
     r.at(700.0)
     assert r.names()[-1] == "shutdown_complete" and r.saved == [{}] and "ups_command_sent" not in r.names()
@@ -211,7 +211,9 @@ def test_the_ups_is_not_commanded_when_configured_not_to(rig):
     r = rig(shutdown={"ups_shutdown_with_return": False})
     r.seq.request(True, "low battery")
     r.at(0.0)
-    r.at(1.0)
+    r.at(29.9)
+    assert r.names() == ["shutdown_fsd_raised"]  # nobody logged in: upsmons may still be reconnecting
+    r.at(30.0)
     assert r.names() == ["shutdown_fsd_raised", "shutdown_clients_gone", "shutdown_no_ups_command"]
     assert r.saved == [] and "S02" not in r.sim.commands
 
@@ -310,3 +312,35 @@ def test_power_back_during_the_wait_still_ends_in_the_power_cycle_the_halted_ser
     assert r.names()[-5:] == ["shutdown_clients_gone", "ups_command_sent", "shutdown_ups_commanded",
                               "shutdown_fsd_lifted", "shutdown_complete"]
     assert r.seq.phase == "idle" and r.plant.ups_reading().shutdown_active and r.saved[-1] == {}
+
+
+def test_mains_failing_again_before_the_fsd_clears_starts_the_sequence_over(rig):
+    """A recloser: power back (FSD lifted for the booting servers), then gone again while the
+    controller still holds its first FSD and so raises no new one."""
+    r = rig(shutdown={"max_client_wait_s": 60})
+    r.plant.set_mains(1.0, False)
+    r.link.poll_once()
+    r.seq.request(True, "runtime below margin")
+    r.at(1.0)
+    r.at(40.0)  # nobody logged in: the grace period, then the command
+    r.link.poll_once()
+    r.at(41.0)
+    assert r.names()[-2:] == ["ups_command_sent", "shutdown_ups_commanded"]
+    r.plant.set_mains(200.0, True)
+    r.link.poll_once()
+    r.at(200.0)
+    assert r.names()[-1] == "shutdown_fsd_lifted"
+    booted = Client(r.port, "server1")  # a server back up on the restored power
+    assert "FSD" not in booted.status()
+    r.plant.set_mains(260.0, False)
+    r.link.poll_once()
+    r.at(260.0)
+    assert r.names()[-1] == "shutdown_fsd_raised" and r.seq.phase == "waiting_clients"
+    assert r.journal[-1][1]["reason"] == "mains failed again after the UPS's power cycle"
+    assert booted.status().startswith('VAR ups ups.status "FSD') and r.saved[-1] == {}
+    booted.close()
+    until(lambda: r.nut.numlogins() == 0)
+    r.at(261.0)
+    r.link.poll_once()
+    r.at(262.0)
+    assert r.names().count("shutdown_ups_commanded") == 2

@@ -27,16 +27,6 @@ UPS_RUNTIME_S = 200.0  # the simulated battery at the simulated load: FSD comes 
 OFF_DELAY_S = 12
 
 
-def _until(what: str, fn, timeout: float, agent: Agent):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout} s\n" + agent.ctl("journal", "40"))
-
-
 def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_path: Path) -> None:
     port = free_port()
     users = [{"name": "office-pc", "password_hash": hash_password("pc-secret"), "role": "primary"},
@@ -52,8 +42,7 @@ def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_
     primary = Upsmon("127.0.0.1", port, "ups", "office-pc", "pc-secret", role="primary")
     secondary = Upsmon("127.0.0.1", port, "ups", "nas", "nas-secret", role="secondary")
     try:
-        ups = _until("UPS link up", lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s,
-                     15, agent)
+        ups = agent.until("UPS link up", lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s, 15)
         # upsc, the stock client, sees what the UPS simulator says (through the serial link)
         got = run_upsc("127.0.0.1", port, "ups")
         assert got.returncode == 0, got.stderr
@@ -67,8 +56,7 @@ def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_
         secondary.start()
         primary.wait_logged_in()
         secondary.wait_logged_in()
-        _until("two NUT logins", lambda: len(json.loads(agent.ctl("shutdown", "status", "--json"))["clients"]) == 2,
-               10, agent)
+        agent.until("two NUT logins", lambda: len(json.loads(agent.ctl("shutdown", "status", "--json"))["clients"]) == 2, 10)
         assert "2 logged-in NUT client(s)" in agent.ctl("shutdown", "dry-run")
 
         assert agent.ctl("sim", "gen", "fails-to-start") == "OK"
@@ -82,33 +70,31 @@ def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_
                     runtime_at_marker[name] = runtime
             return len(runtime_at_marker) == 2
 
-        _until("both upsmons ran SHUTDOWNCMD", both_down, UPS_RUNTIME_S - MARGIN_S + 30, agent)
+        agent.until("both upsmons ran SHUTDOWNCMD", both_down, UPS_RUNTIME_S - MARGIN_S + 30)
         assert min(runtime_at_marker.values()) >= MARGIN_S, runtime_at_marker
         names = [r["name"] for r in agent.journal()]
         assert "fsd_on" in names and "shutdown_fsd_raised" in names
 
         # upsmon exits after SHUTDOWNCMD: the logins go, and then the UPS is told
-        _until("UPS commanded", lambda: "shutdown_ups_commanded" in [r["name"] for r in agent.journal()], 30, agent)
+        agent.until("UPS commanded", lambda: "shutdown_ups_commanded" in [r["name"] for r in agent.journal()], 30)
         journal = agent.journal()
         names = [r["name"] for r in journal]
         assert "shutdown_clients_gone" in names and "shutdown_client_wait_expired" not in names
-        sent = _until("UPS command sent", lambda: [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"],
-                      5, agent)
+        sent = agent.until("UPS command sent", lambda: [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"], 5)
         assert [(d["cmd"], d["bytes"], d["source"]) for d in sent] == [("shutdown.return", "S.2\r", "shutdown")]
         t_sent = time.monotonic()
-        _until("UPS output cut", lambda: agent.world()["ups"]["output_on"] is False, OFF_DELAY_S + 10, agent)
+        agent.until("UPS output cut", lambda: agent.world()["ups"]["output_on"] is False, OFF_DELAY_S + 10)
         assert time.monotonic() - t_sent >= OFF_DELAY_S - 1.5  # the UPS's own delay, after the clients had gone
 
         assert agent.ctl("sim", "mains", "on") == "OK"
-        _until("UPS output restored", lambda: agent.world()["ups"]["output_on"], 15, agent)
+        agent.until("UPS output restored", lambda: agent.world()["ups"]["output_on"], 15)
         # servers booting on the restored power must not be told to halt again, even though the
         # controller's own FSD waits for stable power before it clears
-        _until("FSD lifted", lambda: "shutdown_fsd_lifted" in [r["name"] for r in agent.journal()], 10, agent)
+        agent.until("FSD lifted", lambda: "shutdown_fsd_lifted" in [r["name"] for r in agent.journal()], 10)
         # (the UPS's own "shutdown active" flag shows as FSD until its output is back: a poll later)
-        _until("no FSD toward the clients", lambda: "FSD" not in run_upsc("127.0.0.1", port, "ups", "ups.status").stdout,
-               5, agent)
+        agent.until("no FSD toward the clients", lambda: "FSD" not in run_upsc("127.0.0.1", port, "ups", "ups.status").stdout, 5)
         assert agent.status()["fsd"]  # the controller's own FSD still waits for stable power
-        _until("sequence complete", lambda: "shutdown_complete" in [r["name"] for r in agent.journal()], 60, agent)
+        agent.until("sequence complete", lambda: "shutdown_complete" in [r["name"] for r in agent.journal()], 60)
         assert not agent.status()["fsd"]
         assert run_upsc("127.0.0.1", port, "ups", "ups.status").stdout.startswith("OL")
         assert [r["name"] for r in agent.journal()].count("shutdown_ups_commanded") == 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,11 @@ from agent_process import Agent, make_config
 pytestmark = pytest.mark.slow
 
 
-def _until(fn, timeout: float = 10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"not true within {timeout} s: {fn()}")
-
-
 def test_ups_commands_from_the_console_reach_the_ups_and_the_journal(tmp_path: Path) -> None:
     agent = Agent(make_config(tmp_path), tmp_path)
     agent.start()
     try:
-        st = _until(lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s)
+        st = agent.until("UPS link up", lambda: (s := json.loads(agent.ctl("ups", "status", "--json")))["link_up"] and s)
         assert st["protocol"] == "megatec" and st["reading"]["ups.status"].startswith("OL")
         assert "shutdown.return" in st["commands"]
         # the command line a technician types: the command's own flags pass through
@@ -48,20 +37,20 @@ def test_ups_commands_from_the_console_reach_the_ups_and_the_journal(tmp_path: P
         assert agent.ctl("ups", "frobnicate").startswith("ERROR: usage: ups status")
         assert not agent.world()["ups"]["shutdown_active"]
         assert agent.ctl("ups", "shutdown-return", "--yes").startswith("OK")
-        _until(lambda: agent.world()["ups"]["shutdown_active"])
+        agent.until("UPS shutdown pending", lambda: agent.world()["ups"]["shutdown_active"])
         assert agent.ctl("ups", "cancel-shutdown").startswith("OK")
-        _until(lambda: not agent.world()["ups"]["shutdown_active"])
+        agent.until("UPS shutdown cancelled", lambda: not agent.world()["ups"]["shutdown_active"])
 
         def sent():
             return [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"]
 
-        _until(lambda: len(sent()) >= 3)
+        agent.until("three UPS commands journalled", lambda: len(sent()) >= 3)
         assert [(d["cmd"], d["bytes"], d["source"]) for d in sent()] == [
             ("test.battery.start.quick", "T\r", "ctl"), ("shutdown.return", "S02R0001\r", "ctl"),
             ("shutdown.stop", "C\r", "ctl")]
 
         assert agent.ctl("sim", "mains", "off") == "OK"
-        _until(lambda: json.loads(agent.ctl("ups", "status", "--json"))["reading"]["ups.status"].startswith("OB"))
+        agent.until("UPS on battery", lambda: json.loads(agent.ctl("ups", "status", "--json"))["reading"]["ups.status"].startswith("OB"))
         assert "REFUSED: the UPS is on battery" in agent.ctl("ups", "test", "deep")
     finally:
         agent.stop()
