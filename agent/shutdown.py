@@ -95,6 +95,8 @@ class ShutdownSequencer:
         """Clear an FSD that a NUT primary client set (``FSD ups``). Like upsd's, it latches:
         servers coming back would see it and halt again. The agent's own FSD is not cleared here:
         it ends when power is back and stable."""
+        if self.phase == "test":
+            return False, "a shutdown test is running: `shutdown test stop` ends it"
         if self.phase != "idle":
             return False, f"the agent's own shutdown sequence is on ({self.phase}); it ends when power is back and stable"
         self._inbox.put(("clear", None, None))
