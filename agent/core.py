@@ -184,7 +184,9 @@ class Core:
             self._reply(event.reply, result)
             return True
         if isinstance(event, Record):
-            self._commit([amf.Note(event.name, dict(event.detail))], now)
+            # With the controller's due timers: a flood of records (a chatty NUT client) must not
+            # hold back a deadline such as the crank cut-off while the inbox drains.
+            self._commit([amf.Note(event.name, dict(event.detail))] + c.handle(amf.Tick(), now) + self._periodic(now), now)
             return True
         reply = None
         if isinstance(event, CommandRequest):

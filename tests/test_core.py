@@ -540,3 +540,18 @@ def test_a_record_from_outside_is_journalled_in_order_and_reaches_the_sinks(tmp_
     assert last[0].detail == {"cmd": "test.battery.start.quick", "source": "ctl"}
     assert seen == ["ups_command_sent", "nut_login"]
     assert rig.state is amf.State.MAINS_OK
+
+
+def test_a_flood_of_records_does_not_hold_back_the_controllers_deadlines(tmp_path, factory):
+    from agent.core import Record
+
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.boot()
+    rig.drive("mains", False)
+    rig.core.drain()
+    assert rig.state is amf.State.MAINS_FAILING
+    rig.clock.set(rig.clock.now + rig.s.mains_fail_delay_s + 0.01)  # the deadline has passed...
+    for i in range(50):  # ...while records keep the inbox busy
+        rig.core.post(Record("nut_fsd_by_client", {"i": i}))
+    rig.core.run_once(block=False)  # one record handled: the due timer fires with it
+    assert rig.state is amf.State.START_DELAY
