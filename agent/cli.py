@@ -1,4 +1,4 @@
-"""``siaga`` command line. Names are stable (DESIGN.md "Control surface")."""
+"""``siaga`` command line. Names are stable: tests, docs and deployments rely on them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siaga", description="Siaga power-continuity agent")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
     w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
 
-    from agent.provision import add_arguments as provision_arguments
+    from agent.mqtt.provision import add_arguments as provision_arguments
 
     v = sub.add_parser("provision", help="central broker accounts: add an office (its site id), "
                        "rotate/revoke one, the coordinator, a private CA (docs/broker.md)")
@@ -55,16 +55,16 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["ups", "sim"]:  # its own options and stdin control language
-        from agent.ups_sim import main as sim_main
+        from agent.sim.ups_sim import main as sim_main
 
         return sim_main(argv[2:])
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.cmd == "check-config":
         from agent.config import check_config_main
 
         return check_config_main(args.file)
     if args.cmd == "simulate":
-        from agent.simulate import main as simulate_main
+        from agent.sim.simulate import main as simulate_main
 
         return simulate_main(args.scenario, args.json, sys.stdout)
     if args.cmd == "run":
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_main(args.config, args.log_level)
     if args.cmd == "ups" and args.ups_cmd == "probe":
-        from agent.ups_link import probe_main
+        from agent.ups.link import probe_main
 
         return probe_main(args.port, args.protocol, args.json, args.timeout)
     if args.cmd == "provision":
-        from agent.provision import main as provision_main
+        from agent.mqtt.provision import main as provision_main
 
         return provision_main(args)
     if args.cmd == "wire-schema":
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return schema_main(args.out)
     if args.cmd == "nut" and args.nut_cmd == "hash-password":
-        from agent.nut_auth import hash_password_main
+        from agent.nut.auth import hash_password_main
 
         return hash_password_main()
     if args.cmd == "ctl":

@@ -28,11 +28,11 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
-from agent import amf
+from agent.control import amf_types
 
 M = TypeVar("M", bound=BaseModel)
-_AMF = amf.Settings()  # defaults come from the controller, so the two can never drift apart
-_EX = amf.ExerciseSettings()
+_AMF = amf_types.Settings()  # defaults come from the controller, so the two can never drift apart
+_EX = amf_types.ExerciseSettings()
 
 Seconds = Annotated[float, Field(ge=0)]
 BcmPin = Annotated[int, Field(ge=0, le=27)]
@@ -120,10 +120,10 @@ class UpsConfig(_Model):
     ratings_interval_s: float = Field(3600.0, gt=0)
 
 
-class Timers(_Model):  # names and defaults are those of amf.Settings
+class Timers(_Model):  # names and defaults are those of amf_types.Settings
     mains_fail_delay_s: Seconds = _AMF.mains_fail_delay_s
     start_delay_s: Seconds = _AMF.start_delay_s
-    crank_time_s: float = Field(_AMF.crank_time_s, gt=0, le=amf.CRANK_TIME_HARD_CAP_S)
+    crank_time_s: float = Field(_AMF.crank_time_s, gt=0, le=amf_types.CRANK_TIME_HARD_CAP_S)
     crank_rest_s: Seconds = _AMF.crank_rest_s
     crank_attempts: int = Field(_AMF.crank_attempts, ge=1, le=10)
     preheat_s: Seconds = _AMF.preheat_s
@@ -152,8 +152,8 @@ class ExerciseConfig(_Model):
 
 
 class GeneratorConfig(_Model):
-    profile: amf.Profile = amf.Profile.TWO_WIRE
-    running_confirmation: amf.Confirm = amf.Confirm.GEN_SENSE
+    profile: amf_types.Profile = amf_types.Profile.TWO_WIRE
+    running_confirmation: amf_types.Confirm = amf_types.Confirm.GEN_SENSE
     timers: Timers = Field(default_factory=Timers)
     max_starts_per_hour: int = Field(_AMF.max_starts_per_hour, ge=1)
     chatter_hold_s: Seconds = _AMF.chatter_hold_s
@@ -285,7 +285,7 @@ def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
             if kind == "inputs" and p.pin in (2, 3) and p.pull != "up":
                 out.append((f"gpio.inputs.{name}.pull",
                             f"GPIO{p.pin} has a fixed 1.8k pull-up on the board: use pull: up"))
-    if gen.profile is amf.Profile.CRANK:
+    if gen.profile is amf_types.Profile.CRANK:
         if outs.crank is None:
             out.append(("generator.profile", "profile crank needs gpio.outputs.crank"))
         if ins.gen_running is None and ins.engine_running is None:
@@ -302,15 +302,15 @@ def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
     if gen.timers.preheat_s > 0 and outs.preheat is None:
         out.append(("generator.timers.preheat_s", "preheat_s > 0 needs gpio.outputs.preheat"))
     rc, path = gen.running_confirmation, "generator.running_confirmation"
-    if rc is amf.Confirm.GEN_SENSE and ins.gen_running is None:
+    if rc is amf_types.Confirm.GEN_SENSE and ins.gen_running is None:
         out.append((path, "gen_sense (the default) needs gpio.inputs.gen_running; wire the "
                     "generator-output sense or choose ups_input"))
-    if rc is amf.Confirm.ASSUMED and gen.profile is not amf.Profile.TWO_WIRE:
+    if rc is amf_types.Confirm.ASSUMED and gen.profile is not amf_types.Profile.TWO_WIRE:
         out.append((path, "assumed is only allowed with profile two_wire (open-loop cranking "
                     "burns starters)"))
-    if rc is amf.Confirm.UPS_INPUT and not cfg.ups.enabled:
+    if rc is amf_types.Confirm.UPS_INPUT and not cfg.ups.enabled:
         out.append((path, "ups_input needs ups.enabled: true"))
-    if rc is amf.Confirm.UPS_INPUT and outs.transfer is not None:
+    if rc is amf_types.Confirm.UPS_INPUT and outs.transfer is not None:
         out.append((path, "ups_input cannot work with gpio.outputs.transfer: the UPS sees the "
                     "generator only after the load is transferred, and the transfer waits for "
                     "running to be confirmed; wire gen_running, or let the ATS transfer by itself"))
@@ -333,7 +333,7 @@ def config_warnings(cfg: SiteConfig) -> list[str]:
     """Legal but risky choices, printed by ``siaga check-config`` and logged at start-up."""
     w: list[str] = []
     ins, gen = cfg.gpio.inputs, cfg.generator
-    if gen.running_confirmation is amf.Confirm.ASSUMED:
+    if gen.running_confirmation is amf_types.Confirm.ASSUMED:
         w.append("generator.running_confirmation: assumed is open loop: a genset that fails to "
                  "start will not be noticed until the UPS runs down")
     if ins.e_stop is None:
@@ -362,10 +362,10 @@ def config_warnings(cfg: SiteConfig) -> list[str]:
     return w
 
 
-def amf_settings(cfg: SiteConfig) -> amf.Settings:
+def amf_settings(cfg: SiteConfig) -> amf_types.Settings:
     """Map the site config onto what the AMF controller needs."""
     gen, ins, outs = cfg.generator, cfg.gpio.inputs, cfg.gpio.outputs
-    return amf.Settings(
+    return amf_types.Settings(
         profile=gen.profile,
         confirm=gen.running_confirmation,
         has_transfer_output=outs.transfer is not None,
@@ -374,7 +374,7 @@ def amf_settings(cfg: SiteConfig) -> amf.Settings:
         has_preheat=outs.preheat is not None,
         **gen.timers.model_dump(),
         **gen.model_dump(exclude={"profile", "running_confirmation", "timers", "exercise"}),
-        exercise=amf.ExerciseSettings(**gen.exercise.model_dump()),
+        exercise=amf_types.ExerciseSettings(**gen.exercise.model_dump()),
         ups_critical_runtime_s=cfg.ups.critical_runtime_s,
         runtime_margin_s=cfg.shutdown.runtime_margin_s,
         fsd_lead_s=2 * cfg.ups.poll_interval_s,

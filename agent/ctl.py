@@ -18,8 +18,8 @@ import sys
 import threading
 from typing import Callable
 
-from agent import amf
-from agent.core import Call, CommandRequest, Core
+from agent.control import amf_types
+from agent.control.core import Call, CommandRequest, Core
 
 MAX_LINE = 1024
 REPLY_TIMEOUT_S = 5.0
@@ -53,7 +53,7 @@ class CtlError(Exception):
 
 def _ask(core: Core, event) -> object:
     box: queue.SimpleQueue = queue.SimpleQueue()
-    if isinstance(event, amf.Command):
+    if isinstance(event, amf_types.Command):
         core.post(CommandRequest(event, box.put))
     else:
         core.post(Call(event, box.put))
@@ -64,8 +64,8 @@ def _ask(core: Core, event) -> object:
 
 
 def _command(core: Core, name: str, args: dict | None = None) -> str:
-    res = _ask(core, amf.Command(name, args or {}, source="ctl"))
-    assert isinstance(res, amf.CommandResult)
+    res = _ask(core, amf_types.Command(name, args or {}, source="ctl"))
+    assert isinstance(res, amf_types.CommandResult)
     return f"{'OK' if res.ok else 'REFUSED'}: {res.message}"
 
 
@@ -96,7 +96,7 @@ def _ups(ups, rest: list[str], as_json: bool) -> str:
 
 
 def _shutdown(seq, rest: list[str], as_json: bool) -> str:
-    """``shutdown ...``: watch and rehearse the shutdown sequence (agent/shutdown.py)."""
+    """``shutdown ...``: watch and rehearse the shutdown sequence (agent/nut/shutdown.py)."""
     if seq is None:
         raise CtlError("the shutdown sequence is not running")
     if rest == ["status"]:
@@ -125,8 +125,8 @@ def _shutdown(seq, rest: list[str], as_json: bool) -> str:
 def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None = None, ups=None,
             shutdown=None) -> str:
     """Run one command line; returns the reply text. Raises CtlError for bad input. ``ups`` is
-    the running :class:`agent.ups_link.UpsLink` (None when no UPS is configured), ``shutdown``
-    the :class:`agent.shutdown.ShutdownSequencer`."""
+    the running :class:`agent.ups.link.UpsLink` (None when no UPS is configured), ``shutdown``
+    the :class:`agent.nut.shutdown.ShutdownSequencer`."""
     if not words:
         raise CtlError("empty command; try `help`")
     cmd, rest = words[0].lower(), words[1:]

@@ -2,7 +2,7 @@
 simulation). The one place that knows pin polarity: the rest of the agent speaks logical names
 (``mains`` active = mains present, ``start`` on = generator told to run).
 
-Facts this relies on (shared/notes/gpio-serial-timers.md, verified on gpiozero 2.0.1.post3):
+Facts this relies on (verified on gpiozero 2.0.1.post3; tests/test_pins.py pins them down):
 
 * callbacks fire on the thread that changed the pin (lgpio's single notify thread on a Pi), so
   they only ``post`` an event: they never block or touch controller state;
@@ -18,7 +18,7 @@ from typing import Callable
 
 from gpiozero import DigitalInputDevice, OutputDevice
 
-from agent.amf_types import INPUT_NAMES, OUTPUT_NAMES, Input
+from agent.control.amf_types import INPUT_NAMES, OUTPUT_NAMES, Input
 from agent.errors import SiagaError
 
 

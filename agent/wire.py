@@ -42,7 +42,7 @@ SITE_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{1,62}$"  # = config.SiteInfo.id (tests k
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"  # a safe topic segment
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 STATE_PARTS = ("mains", "ups", "generator", "alarms", "services")
-# Journal kinds (agent/core.py journal_entry), the <kind> of evt/<kind>.
+# Journal kinds (agent/control/core.py journal_entry), the <kind> of evt/<kind>.
 EVENT_KINDS = ("state", "alarm", "output", "fsd", "command", "info")
 # Commands central may send (docs/mqtt.md "Commands"); anything else is refused.
 COMMANDS = ("test_start", "test_stop", "set_mode", "ack", "ups_test", "rebirth")
@@ -370,7 +370,7 @@ def correlation_text(data: bytes | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Home Assistant device-based discovery (shared/notes/mqtt.md 1.1; not verified against a
+# Home Assistant device-based discovery (Home Assistant's MQTT discovery docs; not verified against a
 # running Home Assistant)
 # ---------------------------------------------------------------------------------------------
 def ha_discovery(site: str, name: str, version: str, *, model: str = "Siaga edge agent") -> dict:

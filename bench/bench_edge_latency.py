@@ -7,7 +7,7 @@ Real threads, mock pins, a real SQLite file, the real core loop in real time:
   UPS and exercise off, starter lockout 0 and no start limit (every trial is a start);
 * the core thread opens the store (``synchronous`` full = production, then normal), builds the
   Pins on a gpiozero MockFactory, boots and runs ``Core.run_forever`` (started with
-  ``agent.core.start_in_thread``);
+  ``agent.control.core.start_in_thread``);
 * a separate "GPIO callback" thread drives the mains input pin (with the pin's polarity), so
   gpiozero fires the edge callback on that thread, as lgpio's notify thread does on a Pi;
 * the start output's MockPin is a subclass that timestamps (``time.perf_counter``) every level
@@ -51,11 +51,11 @@ from benchlib import git_rev  # noqa: E402
 from gpiozero.pins.mock import MockFactory, MockPin  # noqa: E402
 
 from agent import config  # noqa: E402
-from agent.clock import MonotonicClock, SystemWall  # noqa: E402
-from agent.amf_types import CRANK_REST_MIN_S  # noqa: E402
-from agent.core import Call, Core, start_in_thread  # noqa: E402
+from agent.control.clock import MonotonicClock, SystemWall  # noqa: E402
+from agent.control.amf_types import CRANK_REST_MIN_S  # noqa: E402
+from agent.control.core import Call, Core, start_in_thread  # noqa: E402
 from agent.pins import Pins, input_level, output_logical  # noqa: E402
-from agent.store import Store  # noqa: E402
+from agent.control.store import Store  # noqa: E402
 
 GOAL_P99_MS = 5.0
 MAINS_FAIL_DELAY_S = 0.05

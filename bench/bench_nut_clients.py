@@ -1,6 +1,6 @@
 """How many NUT clients the agent's NUT server holds, and how fast GET VAR is under that load.
 
-The server (``agent.nut_server.NutServer``, production code, scrypt user) runs in a child
+The server (``agent.nut.server.NutServer``, production code, scrypt user) runs in a child
 process of its own, as it runs on its own thread in the agent; this process plays N clients
 with one selectors loop. Each client does what upsmon does: STARTTLS, USERNAME, PASSWORD,
 LOGIN, then ``GET VAR <ups> ups.status`` every ``--poll-s`` seconds (upsmon's POLLFREQ; starts
@@ -42,9 +42,9 @@ def _raise_nofile() -> None:
 def serve(max_connections: int) -> None:
     """Child process: run the server until stdin closes."""
     _raise_nofile()
-    from agent import nut_auth
+    from agent.nut import auth as nut_auth
     from agent.config import NutConfig, NutUser
-    from agent.nut_server import NutData, NutServer
+    from agent.nut.server import NutData, NutServer
 
     cfg = NutConfig(ups_name=UPS, max_connections=max_connections,
                     users=[NutUser(name=USER, password_hash=nut_auth.hash_password(PASSWORD),

@@ -3,9 +3,9 @@
     .venv/bin/python bench/bench_outbox_replay.py [--events 100000] [--runs 1]
 
 A store file (``synchronous=full``, as on a Pi) is filled with ``--events`` journal records, each
-queued in the outbox by the production hook (agent/outbox.py) in the journal's own transactions,
+queued in the outbox by the production hook (agent/mqtt/outbox.py) in the journal's own transactions,
 while no broker is reachable. Then a Mosquitto 2 starts on a free loopback port
-(tests/mosquitto_helpers.py) with a paho subscriber in its own process (the coordinator's side),
+(tests/support/mosquitto_helpers.py) with a paho subscriber in its own process (the coordinator's side),
 and the production parts: the core on its own thread (MockFactory pins) and the MqttLink (paho,
 QoS 1, delete on PUBACK). Timed from the link's CONNACK to the subscriber holding every event. Prints events/s, the loss count
 (ids of the journal never received), the duplicate count, and whether the outbox emptied.
@@ -26,12 +26,12 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 from benchlib import git_rev  # noqa: E402
 
-from agent.outbox import enqueue_hook  # noqa: E402
-from agent.store import JournalEntry, Store  # noqa: E402
+from agent.mqtt.outbox import enqueue_hook  # noqa: E402
+from agent.control.store import JournalEntry, Store  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 from mqtt_rig import SITE, AgentRig  # noqa: E402
 

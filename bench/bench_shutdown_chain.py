@@ -22,16 +22,16 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 
 from benchlib import git_rev  # noqa: E402
 from nut_helpers import Upsmon, free_port  # noqa: E402
 
 from agent.config import NutConfig, ShutdownConfig  # noqa: E402
-from agent.nut_auth import hash_password  # noqa: E402
-from agent.nut_proto import NutData  # noqa: E402
-from agent.nut_server import NutServer  # noqa: E402
-from agent.shutdown import ShutdownSequencer  # noqa: E402
+from agent.nut.auth import hash_password  # noqa: E402
+from agent.nut.proto import NutData  # noqa: E402
+from agent.nut.server import NutServer  # noqa: E402
+from agent.nut.shutdown import ShutdownSequencer  # noqa: E402
 
 VARS = {"ups.status": "OB", "battery.charge": "60", "battery.runtime": "590", "device.type": "ups"}
 

@@ -1,4 +1,4 @@
-"""Bench: a 30-day scenario through ``siaga simulate``'s engine (agent.simulate.Simulation).
+"""Bench: a 30-day scenario through ``siaga simulate``'s engine (agent.sim.simulate.Simulation).
 
 Measures the wall time of ``Simulation(scn, site).run()`` on bench/scenarios/month.yaml (a month
 of a flaky grid with the weekly exercise, one fail-to-start and a chatter burst). The scenario
@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from benchlib import git_rev  # noqa: E402
 
-from agent.simulate import Simulation, load_scenario  # noqa: E402
+from agent.sim.simulate import Simulation, load_scenario  # noqa: E402
 
 GOAL_S = 3.0
 DEFAULT_SCENARIO = os.path.join(ROOT, "bench", "scenarios", "month.yaml")

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_ups_link.py [--seconds 5] [--protocol megatec|apcsmart]
 
-The link (agent/ups_link.py) polls the project's UPS simulator (agent/ups_sim.py) on a pty as
+The link (agent/ups/link.py) polls the project's UPS simulator (agent/sim/ups_sim.py) on a pty as
 fast as it can, with no pause between polls: Megatec is one Q1 exchange per poll, APC Smart one
 status and nine readings. Prints polls per second and the link thread's CPU time per poll.
 On a real UPS at 2400 baud the 47-byte Q1 reply alone takes about 0.2 s, so the configured
@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 from benchlib import git_rev  # noqa: E402
 
-from agent.plant import Plant  # noqa: E402
-from agent.ups_link import UpsLink  # noqa: E402
-from agent.ups_sim import UpsSimulator  # noqa: E402
+from agent.sim.plant import Plant  # noqa: E402
+from agent.ups.link import UpsLink  # noqa: E402
+from agent.sim.ups_sim import UpsSimulator  # noqa: E402
 
 
 def main() -> int:

@@ -11,7 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import amf, config
+from agent import config
+from agent.control import amf_types
 from agent.config import ConfigError, Problem, parse_config
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -89,11 +90,11 @@ def test_example_values():
     assert (cfg.site.latitude, cfg.site.longitude) == (1.3625, 109.3)
     assert cfg.gpio.inputs.mains.pin == 17 and cfg.gpio.inputs.mains.active_low
     assert cfg.gpio.outputs.start.contact == "NO"  # YAML 1.1 would have made this False
-    assert cfg.generator.profile is amf.Profile.TWO_WIRE
+    assert cfg.generator.profile is amf_types.Profile.TWO_WIRE
     assert config.config_warnings(cfg) == []
     crank = config.load_config(str(REPO / "firmware_config/site-crank.yaml"))
     s = config.amf_settings(crank)
-    assert s.profile is amf.Profile.CRANK and s.has_preheat and s.has_engine_running
+    assert s.profile is amf_types.Profile.CRANK and s.has_preheat and s.has_engine_running
     assert s.preheat_s == 5
     sim = config.load_config(str(REPO / "firmware_config/site-simulated.yaml"))
     assert sim.hardware == "simulated" and sim.console.port is None
@@ -102,7 +103,7 @@ def test_example_values():
 
 def test_minimal_config_takes_the_controller_defaults():
     cfg = parse_config(BASE)
-    assert config.amf_settings(cfg) == amf.Settings(has_transfer_output=False)
+    assert config.amf_settings(cfg) == amf_types.Settings(has_transfer_output=False)
     assert cfg.ups.port == "/dev/ttyUSB0" and cfg.mqtt.enabled is False
     assert cfg.nut.listen == ["127.0.0.1"] and cfg.storage.synchronous == "full"
     assert cfg.site.timezone == "Asia/Jakarta"
@@ -154,7 +155,7 @@ generator:
 shutdown: {runtime_margin_s: 420, on_low_battery: false, fsd_clear_after_s: 99}
 """
     s = config.amf_settings(parse_config(text))
-    assert s.profile is amf.Profile.CRANK and s.confirm is amf.Confirm.UPS_INPUT
+    assert s.profile is amf_types.Profile.CRANK and s.confirm is amf_types.Confirm.UPS_INPUT
     assert not s.has_transfer_output and s.has_gen_sense and s.has_engine_running and s.has_preheat
     assert (s.mains_fail_delay_s, s.crank_time_s, s.crank_attempts, s.preheat_s) == (4, 7, 5, 6)
     assert (s.min_run_s, s.starter_lockout_s, s.gen_ready_timeout_s) == (1200, 9, 45)
@@ -163,9 +164,9 @@ shutdown: {runtime_margin_s: 420, on_low_battery: false, fsd_clear_after_s: 99}
     assert s.alarm_output_on_unacked is False
     assert s.ups_critical_runtime_s == 240 and s.fsd_lead_s == 3.0
     assert (s.runtime_margin_s, s.fsd_on_low_battery, s.fsd_clear_after_s) == (420, False, 99)
-    assert s.exercise == amf.ExerciseSettings(interval_days=14, hour_local=9, weekday=2,
+    assert s.exercise == amf_types.ExerciseSettings(interval_days=14, hour_local=9, weekday=2,
                                               duration_s=900, on_load=True)
-    assert s.cool_down_s == amf.Settings().cool_down_s  # untouched values keep their default
+    assert s.cool_down_s == amf_types.Settings().cool_down_s  # untouched values keep their default
 
 
 # ------------------------------------------------------------------------ validation rules
@@ -247,7 +248,7 @@ def test_timer_bounds(field, value):
 
 
 def test_crank_time_cap_is_amf_cap():
-    cap = amf.CRANK_TIME_HARD_CAP_S
+    cap = amf_types.CRANK_TIME_HARD_CAP_S
     assert parse_config(timers(f"    crank_time_s: {cap}\n")).generator.timers.crank_time_s == cap
     p = only_problem(timers(f"    crank_time_s: {cap + 0.1}\n"))
     assert str(int(cap)) in p.message
@@ -262,7 +263,7 @@ def test_crank_profile_needs_crank_output():
     text = BASE + "generator:\n  profile: crank\n"
     assert_rejected(text, "generator.profile", "profile: crank", "gpio.outputs.crank")
     ok = text.replace("    start: {pin: 5}\n", "    start: {pin: 5}\n    crank: {pin: 19}\n")
-    assert parse_config(ok).generator.profile is amf.Profile.CRANK
+    assert parse_config(ok).generator.profile is amf_types.Profile.CRANK
 
 
 def test_crank_profile_needs_a_crank_disconnect_input():

@@ -1,6 +1,6 @@
 """agent/pins.py: the one place that knows pin polarity, on gpiozero's own MockFactory.
 
-Physical facts these tests pin down (shared/notes/gpio-serial-timers.md, Part A):
+Physical facts these tests pin down (verified on gpiozero 2.0.1.post3):
 * a mock input is driven with ``drive_high``/``drive_low`` and gpiozero calls ``when_*``
   synchronously on the driving thread, only on a real edge;
 * an input's pull resistor is applied when the device is created (the mock drives the pin to the
@@ -17,7 +17,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
-from agent.amf_types import Input
+from agent.control.amf_types import Input
 from agent.config import GpioConfig
 from agent.pins import INPUT_ORDER, Pins, PinsError, input_level, output_energised, output_logical
 

@@ -1,0 +1,21 @@
+"""Fixtures shared by every test folder. Helper modules live in ``tests/support/`` (on the
+import path through ``pythonpath`` in pyproject.toml); test files import them by name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mosquitto_helpers import Broker, start_broker
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """An anonymous, plain, persistence-off Mosquitto on a free loopback port."""
+    b = start_broker(tmp_path)
+    try:
+        yield b
+    finally:
+        b.stop()

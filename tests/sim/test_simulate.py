@@ -1,0 +1,372 @@
+"""``siaga simulate``: the issue's "must show", through the real Simulation (core, controller,
+MockFactory pins, store, plant model), plus the command line and its error reporting."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.control import amf_types
+from agent.config import amf_settings, load_config
+from agent.sim.plant import PlantParams
+from agent.sim.simulate import Scenario, ScenarioEvent, Simulation, load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
+FW = ROOT / "firmware_config"
+SCENARIOS = FW / "scenarios"
+HIGH, LOW = True, False
+
+
+@cache
+def run_named(name: str):
+    """(scenario, site, simulation, result) for a shipped scenario; each runs once per session."""
+    scn, site = load_scenario(str(SCENARIOS / f"{name}.yaml"))
+    sim = Simulation(scn, site)
+    return scn, site, sim, sim.run()
+
+
+def run_file(path: Path):
+    scn, site = load_scenario(str(path))
+    sim = Simulation(scn, site)
+    return scn, site, sim, sim.run()
+
+
+def events(result, kind: str | None = None, name: str | None = None) -> list[dict]:
+    return [e for e in result["timeline"]
+            if (kind is None or e["kind"] == kind) and (name is None or e["name"] == name)]
+
+
+def first_t(result, kind: str, name: str) -> float:
+    found = events(result, kind, name)
+    assert found, f"no {kind} {name} in the timeline"
+    return found[0]["t_s"]
+
+
+def outputs(sim) -> list[tuple[float, str, bool]]:
+    """Relay writes as journalled by the core (the timeline shows what they caused instead)."""
+    return [(r.t_mono, r.name, r.detail["on"]) for r in sim.core.store.journal() if r.kind == "output"]
+
+
+def pulses(sim, name: str) -> list[tuple[float, float]]:
+    out, on_at = [], None
+    for t, n, on in outputs(sim):
+        if n != name:
+            continue
+        if on:
+            on_at = t
+        else:
+            out.append((on_at, t))
+            on_at = None
+    assert on_at is None, f"{name} left on"
+    return out
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+# ------------------------------------------------------------------- founding incident ------
+def test_founding_incident_generator_carries_the_load():
+    scn, site, _, result = run_named("founding-incident")
+    s, summary = amf_settings(site), result["summary"]
+    assert summary["load_unpowered_s"] == 0
+    assert summary["servers_hard_power_losses"] == 0
+    assert summary["fsd_at_s"] is None
+    assert summary["gen_start_attempts"] == 1
+    # two-wire: "one crank" is the genset's own start, which the scenario keeps within crank_time_s
+    assert scn.plant["start_s"] <= s.crank_time_s
+    (on_load,) = summary["mains_fail_to_gen_on_load_s"]
+    assert s.mains_fail_delay_s + s.start_delay_s + s.warm_up_s < on_load
+    assert on_load <= s.mains_fail_delay_s + s.start_delay_s + s.crank_time_s + s.warm_up_s
+    assert summary["servers_state"] == "RUNNING"
+    assert summary["final_state"] == "MAINS_OK" and summary["final_mode"] == "AUTO"
+
+    # The return honours its timers: load back after mains_return_delay_s, engine stops after
+    # cool_down_s (min_run_s is long past after five hours).
+    back = first_t(result, "scenario", "mains_on")
+    assert first_t(result, "controller", "COOLING_DOWN") == pytest.approx(back + s.mains_return_delay_s)
+    assert first_t(result, "plant", "ats_to_mains") == pytest.approx(back + s.mains_return_delay_s, abs=1)
+    assert first_t(result, "plant", "gen_stopping") == pytest.approx(back + s.mains_return_delay_s + s.cool_down_s)
+    assert summary["gen_run_s"] == pytest.approx(back - first_t(result, "plant", "gen_started")
+                                                 + s.mains_return_delay_s + s.cool_down_s
+                                                 + scn.plant.get("stop_s", PlantParams.stop_s))
+
+
+def test_timeline_shows_the_plant_change_before_the_controller_reaction():
+    _, _, _, result = run_named("founding-incident")
+    names = [(e["kind"], e["name"]) for e in result["timeline"]]
+    assert names.index(("plant", "mains_lost")) < names.index(("controller", "MAINS_FAILING"))
+    assert names.index(("plant", "mains_lost")) < names.index(("alarm", "ups_on_battery"))
+    ts = [e["t_s"] for e in result["timeline"]]
+    assert ts == sorted(ts)
+
+
+def test_gen_never_starts_tries_n_times_then_shuts_servers_down_cleanly():
+    _, site, _, result = run_named("founding-incident-gen-never-starts")
+    s, summary = amf_settings(site), result["summary"]
+    assert summary["gen_start_attempts"] == s.crank_attempts
+    assert "fail_to_start" in summary["alarms"]
+    assert summary["final_state"] == "LOCKOUT"
+    assert not events(result, "plant", "gen_started")
+    assert summary["fsd_at_s"] is not None
+    assert summary["fsd_at_s"] > first_t(result, "controller", "LOCKOUT")
+    assert summary["runtime_margin_s"] == s.runtime_margin_s
+    assert summary["fsd_ups_runtime_s"] >= s.runtime_margin_s  # the plant's true runtime then
+    assert summary["servers_hard_power_losses"] == 0
+    halted, off = first_t(result, "plant", "servers_halted"), first_t(result, "plant", "ups_output_off")
+    assert summary["fsd_at_s"] <= first_t(result, "plant", "servers_shutting_down") < halted < off
+    assert not events(result, "plant", "servers_hard_power_loss")
+    # back when mains returned
+    assert first_t(result, "plant", "servers_booted") > first_t(result, "scenario", "mains_on")
+    assert summary["servers_state"] == "RUNNING"
+
+
+def test_gen_dies_locks_out_and_shuts_servers_down_before_the_battery_is_flat():
+    _, site, _, result = run_named("founding-incident-gen-dies")
+    s, summary = amf_settings(site), result["summary"]
+    assert "gen_failed_while_running" in summary["alarms"]
+    died = first_t(result, "scenario", "generator_fail")
+    assert first_t(result, "controller", "LOCKOUT") == died + s.gen_lost_confirm_s  # confirmed, then locked out
+    assert summary["final_state"] == "LOCKOUT"  # stays locked out until someone acknowledges
+    assert summary["gen_start_attempts"] == 1
+    assert summary["fsd_at_s"] is not None and died < summary["fsd_at_s"]
+    assert summary["fsd_ups_runtime_s"] >= s.runtime_margin_s
+    flat = [e["t_s"] for e in events(result, "plant", "ups_output_off") if "flat" in str(e["detail"])]
+    assert flat and summary["fsd_at_s"] < first_t(result, "plant", "servers_halted") < flat[0]
+    assert summary["servers_hard_power_losses"] == 0
+    assert summary["servers_state"] == "RUNNING"
+
+
+def test_mains_chatter_limits_starts_and_holds_the_generator():
+    scn, site, _, result = run_named("mains-chatter")
+    summary = result["summary"]
+    limit = scn.overrides["generator"]["max_starts_per_hour"]
+    assert site.generator.max_starts_per_hour == limit  # the override reached the controller
+    assert summary["gen_start_attempts"] <= limit
+    assert "mains_chatter" in summary["alarms"]
+    assert summary["load_unpowered_s"] == 0
+    assert summary["servers_hard_power_losses"] == 0
+    # held on load until mains was stable for chatter_hold_s after the last dip
+    last_back = events(result, "scenario", "mains_on")[-1]["t_s"]
+    cooling = [e["t_s"] for e in events(result, "controller", "COOLING_DOWN")]
+    assert cooling[-1] >= last_back + site.generator.chatter_hold_s
+    assert summary["final_state"] == "MAINS_OK"
+
+
+# ----------------------------------------------------------------------------- the CLI ------
+def siaga(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_simulate_json_output():
+    p = siaga("simulate", "--json", str(SCENARIOS / "founding-incident.yaml"))
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr
+    doc = json.loads(p.stdout)  # exactly one JSON document
+    assert set(doc) == {"timeline", "summary"}
+    assert doc["timeline"] and all(set(e) == {"t_s", "kind", "name", "detail"} for e in doc["timeline"])
+    for key in ("load_unpowered_s", "fsd_at_s", "gen_start_attempts", "gen_run_s",
+                "mains_fail_to_gen_on_load_s", "battery_min_pct", "alarms"):
+        assert key in doc["summary"]
+    assert doc["summary"]["load_unpowered_s"] == 0
+    assert doc["summary"] == json.loads(json.dumps(run_named("founding-incident")[3]["summary"]))
+
+
+def test_simulate_text_output():
+    p = siaga("simulate", str(SCENARIOS / "founding-incident.yaml"))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert re.search(r"^\s*1:00:00  scenario\s+mains_off\b", p.stdout, re.M)
+    assert re.search(r"^\s*1:00:0\d  controller\s+MAINS_FAILING\b", p.stdout, re.M)
+    assert "Summary:" in lines
+    tail = lines[lines.index("Summary:") + 1:]
+    assert "  load_unpowered_s: 0.0" in tail and any(t.startswith("  alarms: ") for t in tail)
+    assert lines[-1] == "Verdict: the servers never lost power"
+
+
+def test_simulate_text_verdict_after_a_clean_shutdown():
+    p = siaga("simulate", str(SCENARIOS / "founding-incident-gen-never-starts.yaml"))
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.splitlines()[-1]
+    assert last.startswith("Verdict: the servers were shut down cleanly") and "RUNNING at the end" in last
+
+
+SITE = FW / "site-example.yaml"
+BAD = {
+    "unknown-key": (f"name: x\nconfig: {SITE}\nduration_s: 100\nbogus: 1\n", 4, "bogus", "unknown key 'bogus'"),
+    "two-actions": (f"name: x\nconfig: {SITE}\nduration_s: 100\nevents:\n"
+                    "  - {at_s: 10, mains: 'off'}\n  - {at_s: 20, mains: 'on', command: ack}\n",
+                    6, "events[1]", "exactly one of"),
+    "unknown-plant-parameter": (f"name: x\nconfig: {SITE}\nduration_s: 100\nplant:\n  start_s: 3\n  warp_drive: 9\n",
+                                4, "plant", "unknown plant parameter(s) warp_drive"),
+    "bad-plant-value": (f"name: x\nconfig: {SITE}\nduration_s: 100\nplant:\n  start_s: -1\n",
+                        4, "plant", "start_s must be >= 0"),
+    "missing-config": ("name: x\nduration_s: 100\nconfig: /nonexistent/site.yaml\n", 3, "config",
+                       "/nonexistent/site.yaml does not exist"),
+    "yaml-syntax": (f"name: x\nconfig: {SITE}\nduration_s: 100\nevents:\n  - {{at_s: 10, mains: 'off'\n",
+                    None, None, "YAML syntax error"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_scenario_is_reported_file_line_path_never_a_traceback(tmp_path, case):
+    text, line, path, message = BAD[case]
+    f = write(tmp_path, f"{case}.yaml", text)
+    p = siaga("simulate", str(f))
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout
+    out = (p.stdout + p.stderr).strip().splitlines()
+    assert len(out) == 1, out
+    if path is None:  # a whole-file problem has no path; the line is where the parser stopped
+        m = re.fullmatch(rf"{re.escape(str(f))}:(\d+): (.*)", out[0])
+        assert m and int(m[1]) >= 5
+    else:
+        m = re.fullmatch(rf"{re.escape(str(f))}:(\d+): {re.escape(path)}: (.*)", out[0])
+        assert m, out[0]
+        assert int(m[1]) == line
+    assert message in m[2]
+
+
+def test_unknown_scenario_key_hint_lists_scenario_keys(tmp_path):
+    f = write(tmp_path, "s.yaml", BAD["unknown-key"][0])
+    out = siaga("simulate", str(f)).stdout
+    assert "gpio" not in out and "duration_s" in out  # the scenario's keys, not the site config's
+
+
+def test_bad_override_points_at_the_scenario_line(tmp_path):
+    f = write(tmp_path, "s.yaml", f"name: x\nconfig: {SITE}\nduration_s: 100\noverrides:\n  generator:\n"
+                                  "    timers:\n      crank_time_s: 99\n")
+    p = siaga("simulate", str(f))
+    assert p.returncode == 1
+    assert re.fullmatch(rf"{re.escape(str(f))}:7: overrides\.generator\.timers\.crank_time_s: .*", p.stdout.strip())
+
+
+# -------------------------------------------------------------------- crank profile ---------
+def crank_scenario(tmp_path: Path, extra_plant: str = "", extra_events: str = "") -> Path:
+    return write(tmp_path, "crank.yaml", f"""
+name: crank-outage
+config: {FW / "site-crank.yaml"}
+duration_s: 7200
+plant: {{capacity_s_at_load: 3600, crank_to_fire_s: 2, ac_delay_s: 1{extra_plant}}}
+events:
+  - {{at_s: 600, mains: "off"}}
+{extra_events}  - {{at_s: 4200, mains: "on"}}
+""")
+
+
+def test_crank_profile_pulses_the_starter_and_carries_the_load(tmp_path):
+    scn, site, sim, result = run_file(crank_scenario(tmp_path))
+    s, summary = amf_settings(site), result["summary"]
+    assert s.profile is amf_types.Profile.CRANK and s.preheat_s > 0
+    (crank,) = pulses(sim, "crank")
+    (preheat,) = pulses(sim, "preheat")
+    assert crank[1] - crank[0] == pytest.approx(scn.plant["crank_to_fire_s"])  # disconnect on firing
+    assert crank[1] - crank[0] <= s.crank_time_s
+    assert crank[0] == pytest.approx(preheat[0] + s.preheat_s)  # glow plugs first
+    start_on = [t for t, n, on in outputs(sim) if n == "start" and on]
+    assert start_on and start_on[0] <= crank[0]  # fuel/run before the starter
+    assert first_t(result, "controller", "crank_disconnect") == pytest.approx(crank[1])
+    # the physical starter relay line: energised once (LOW on this board), released after
+    pin = sim.hw.factory.pin(site.gpio.outputs.crank.pin)
+    states = [x.state for x in pin.states]
+    assert states[-1] == HIGH and states.count(LOW) - (states[0] == LOW) == 1
+    assert summary["gen_start_attempts"] == 1
+    assert summary["load_unpowered_s"] == 0 and summary["servers_hard_power_losses"] == 0
+    assert summary["mains_fail_to_gen_on_load_s"][0] is not None
+    assert events(result, "plant", "ats_to_generator")
+    assert summary["final_state"] == "MAINS_OK" and summary["servers_state"] == "RUNNING"
+
+
+def test_crank_profile_rests_between_attempts(tmp_path):
+    site = load_config(FW / "site-crank.yaml")
+    s = amf_settings(site)
+    fix_at = 600 + s.mains_fail_delay_s + s.start_delay_s + s.preheat_s + s.crank_time_s + 1  # in the rest
+    path = crank_scenario(tmp_path, ", fails_to_start: true",
+                          f"  - {{at_s: {fix_at}, generator: starts_normally}}\n")
+    scn, site, sim, result = run_file(path)
+    first, second = pulses(sim, "crank")
+    assert first[1] - first[0] == pytest.approx(s.crank_time_s)  # never longer than crank_time_s
+    assert second[0] - first[1] >= s.crank_rest_s
+    assert second[1] - second[0] == pytest.approx(scn.plant["crank_to_fire_s"])
+    assert result["summary"]["gen_start_attempts"] == 2
+    assert result["summary"]["load_unpowered_s"] == 0
+
+
+# ---------------------------------------------------------------------------- e-stop ---------
+def test_e_stop_mid_run_locks_out_until_released_and_acknowledged(tmp_path):
+    path = write(tmp_path, "estop.yaml", f"""
+name: e-stop
+config: {SITE}
+duration_s: 7200
+plant: {{start_s: 5}}
+events:
+  - {{at_s: 600, mains: "off"}}
+  - {{at_s: 1200, e_stop: true, note: "technician hits the e-stop"}}
+  - {{at_s: 1500, e_stop: false}}
+  - {{at_s: 1560, command: ack}}
+  - {{at_s: 5000, mains: "on"}}
+""")
+    _, site, sim, result = run_file(path)
+    s, summary = amf_settings(site), result["summary"]
+    at = {e["t_s"]: [] for e in result["timeline"]}
+    for e in result["timeline"]:
+        at[e["t_s"]].append((e["kind"], e["name"]))
+    assert ("plant", "gen_died") in at[1200] and ("alarm", "e_stop") in at[1200]
+    lockout = events(result, "controller", "LOCKOUT")
+    assert [e["t_s"] for e in lockout] == [1200]
+    assert lockout[0]["detail"]["reason"].startswith("e_stop")
+    assert "gen_failed_while_running" not in summary["alarms"]  # an e-stop is not a gen failure
+    assert (1200, "start", False) in outputs(sim) and (1200, "transfer", False) in outputs(sim)
+    # released but not acknowledged: still locked out, nothing cranks
+    between = [e for e in result["timeline"] if 1200 < e["t_s"] < 1560]
+    assert not [e for e in between if e["kind"] == "controller"]
+    assert ("alarm", "e_stop") in at[1500]
+    # acknowledged: AUTO picks the outage up again
+    (ack,) = events(result, "command", "ack")
+    assert ack["t_s"] == 1560 and ack["detail"]["ok"]
+    after = [e["name"] for e in events(result, "controller") if e["t_s"] >= 1560 and e["name"].isupper()]
+    assert after[:6] == ["MAINS_OK", "MAINS_FAILING", "START_DELAY", "CRANKING", "WARMING_UP", "ON_GENERATOR"]
+    back_on_load = [e["t_s"] for e in events(result, "plant", "ats_to_generator")]
+    assert len(back_on_load) == 2 and back_on_load[1] > 1560
+    assert summary["final_mode"] == "AUTO" and summary["final_state"] == "MAINS_OK"
+    assert summary["servers_hard_power_losses"] == 0 and summary["load_unpowered_s"] == 0
+
+
+# ------------------------------------------------------------------------ property ----------
+@st.composite
+def mains_schedules(draw):
+    gaps = draw(st.lists(st.floats(min_value=0.5, max_value=6 * 3600, allow_nan=False), max_size=24))
+    t, out, present = 0.0, [], True
+    for g in gaps:
+        t += g
+        if t >= 86400:
+            break
+        present = not present
+        out.append(ScenarioEvent(at_s=round(t, 3), mains="on" if present else "off"))
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mains_schedules())
+def test_random_day_of_mains_with_a_healthy_genset_never_drops_the_servers(schedule):
+    site = load_config(SITE)
+    scn = Scenario(name="random-day", config=str(SITE), duration_s=86400, events=schedule,
+                   plant={"capacity_s_at_load": 3600, "start_s": 5})
+    result = Simulation(scn, site).run()
+    summary = result["summary"]
+    assert summary["servers_hard_power_losses"] == 0
+    assert summary["final_state"] != "LOCKOUT"
+    assert not {"fail_to_start", "gen_failed_while_running"} & set(summary["alarms"])
+    ts = [e["t_s"] for e in result["timeline"]]
+    assert ts == sorted(ts)
