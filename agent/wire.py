@@ -124,6 +124,13 @@ def central_advisory_topic(site: str) -> str:
     return f"{PREFIX}/{CENTRAL}/advisory/{site}"
 
 
+def central_ack_topic(site: str) -> str:
+    """Retained, per office: the highest contiguous (boot, seq) the coordinator has *stored*
+    (``CentralAck``). The agent keeps outbox rows until this covers them."""
+    _site(site)
+    return f"{PREFIX}/{CENTRAL}/ack/{site}"
+
+
 def ha_discovery_topic(site: str) -> str:
     _site(site)
     return f"{HA_PREFIX}/device/siaga_{site}/config"
@@ -250,11 +257,24 @@ class AlarmsState(Wire):
     unacked: int
 
 
+class ServiceProbe(Wire):
+    """One probed service (site config ``services:``): the national application service, the
+    office's own application server. ``ok`` None: not probed yet."""
+
+    ok: bool | None
+    role: Literal["national", "local"] = "local"
+    target: str = ""  # what was probed, e.g. https://host/health, tcp://10.0.0.5:443, dns:name
+    detail: str = ""  # "HTTP 200 in 45 ms", "connect timeout after 5 s", ...
+    since: float | None = None  # epoch s of the last change of ok
+    checked_at: float | None = None
+
+
 class ServicesState(Wire):
     ts: float
     fsd: bool  # the office's servers are being told to shut down (NUT FSD)
     power_ok: bool  # the load is powered by mains or generator, or the UPS is not critical
     can_serve: bool  # power_ok and no FSD: the office can keep serving
+    probes: dict[str, ServiceProbe] = Field(default_factory=dict)  # by service name
 
 
 STATE_MODELS: dict[str, type[Wire]] = {"mains": MainsState, "ups": UpsState, "generator": GeneratorState,
@@ -353,10 +373,20 @@ class CentralStatus(Wire):
     version: str | None = None
 
 
+class CentralAck(Wire):
+    """Retained on ``siaga/_central/ack/<site>``: every event of ``site`` up to and including
+    (boot, seq) is stored by the coordinator, with no gap (seq is per site across boots)."""
+
+    site: str = Field(pattern=SITE_ID_PATTERN)
+    boot: int = Field(ge=0)
+    seq: int = Field(ge=0)  # 0: nothing stored yet
+    ts: float
+
+
 SCHEMAS: dict[str, type[Wire]] = {
     "status": Status, "meta": Meta, **{f"state-{p}": m for p, m in STATE_MODELS.items()},
     "telemetry": Telemetry, "event": Event, "command-request": CommandRequest,
-    "command-result": CommandResult, "central-status": CentralStatus,
+    "command-result": CommandResult, "central-status": CentralStatus, "central-ack": CentralAck,
 }
 
 
