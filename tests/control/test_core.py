@@ -555,3 +555,33 @@ def test_a_flood_of_records_does_not_hold_back_the_controllers_deadlines(tmp_pat
         rig.core.post(Record("nut_fsd_by_client", {"i": i}))
     rig.core.run_once(block=False)  # one record handled: the due timer fires with it
     assert rig.state is amf_types.State.START_DELAY
+
+
+def test_a_flood_of_records_is_group_committed_in_order(tmp_path, factory):
+    """One transaction per record kept a status query or a mains edge waiting seconds behind a
+    flood (fsync each); records queued together share a commit, and nothing is reordered."""
+    from agent.control.core import RECORD_BATCH, Record
+
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.boot()
+    commits = []
+    real_commit = rig.store.commit
+    rig.store.commit = lambda *a, **k: commits.append(len(a[0])) or real_commit(*a, **k)
+    answered = []
+    first_seq = rig.store.last_seq()
+    for i in range(3 * RECORD_BATCH):
+        rig.core.post(Record("flood", {"i": i}))
+    rig.core.post(Call(lambda core: answered.append(core.store.last_seq())))
+    rig.drive("mains", False)  # the edge is queued behind the flood and the query
+    for i in range(10):
+        rig.core.post(Record("after", {"i": i}))
+    rig.core.drain()
+    assert len(commits) <= 3 + 2 + 1, commits  # 3 batches, the edge, the tail (not 1,510 commits)
+    assert answered == [first_seq + 3 * RECORD_BATCH]  # the query ran after the whole flood, before the edge
+    rows = rig.store.journal(first_seq)
+    names = [r.name for r in rows]
+    assert names[: 3 * RECORD_BATCH] == ["flood"] * (3 * RECORD_BATCH)
+    assert [r.detail["i"] for r in rows[: 3 * RECORD_BATCH]] == list(range(3 * RECORD_BATCH))
+    assert names[3 * RECORD_BATCH] == amf_types.State.MAINS_FAILING.value
+    assert names[-10:] == ["after"] * 10
+    assert rig.state is amf_types.State.MAINS_FAILING
