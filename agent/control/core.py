@@ -176,6 +176,35 @@ class Core:
             pass
 
     def _dispatch(self, event: Any) -> bool:
+        """Handle one event. Whatever it raises, the core goes on controlling: a malformed
+        command or a bug in one path must never take the generator's controller down with it
+        (the process would exit, and a sender repeating the command on every restart would keep
+        the office unattended). The failure is journalled as ``internal_error`` and a waiting
+        caller gets an answer."""
+        try:
+            return self._handle(event)
+        except Exception as e:
+            log.exception("internal error while handling %r", event)
+            self._internal_error(event, e)
+            return True
+
+    def _internal_error(self, event: Any, error: Exception) -> None:
+        now = self.clock.monotonic()
+        detail = {"event": type(event).__name__, "error": f"{type(error).__name__}: {error}"[:500]}
+        fx: list[amf_types.Effect] = [amf_types.Note("internal_error", detail)]
+        if isinstance(event, CommandRequest):
+            cmd = event.cmd
+            result = amf_types.CommandResult(cmd.cmd_id, cmd.name, False, f"internal error: {detail['error']}")
+            fx.append(result)
+            self._reply(event.reply, result)
+        elif isinstance(event, Call):
+            self._reply(event.reply, error)
+        try:
+            self._commit(fx, now)
+        except Exception:  # the journal is best effort here; controlling is not
+            log.exception("cannot journal the internal error")
+
+    def _handle(self, event: Any) -> bool:
         now = self.clock.monotonic()
         c = self.controller
         assert c is not None, "boot() first"

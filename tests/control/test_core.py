@@ -585,3 +585,30 @@ def test_a_flood_of_records_is_group_committed_in_order(tmp_path, factory):
     assert names[3 * RECORD_BATCH] == amf_types.State.MAINS_FAILING.value
     assert names[-10:] == ["after"] * 10
     assert rig.state is amf_types.State.MAINS_FAILING
+
+
+def test_an_exception_while_handling_one_event_does_not_stop_the_core(tmp_path, factory):
+    """A bug or a malformed command in one path is journalled as internal_error, the caller
+    gets an answer, and the next mains failure is still acted on."""
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.boot()
+    real = rig.core.controller.handle
+
+    def handle(event, now):
+        if isinstance(event, amf_types.Command) and event.name == "boom":
+            raise OverflowError("int too large to convert to float")
+        return real(event, now)
+
+    rig.core.controller.handle = handle
+    replies: list = []
+    rig.core.post(CommandRequest(amf_types.Command("boom", {}, cmd_id="c-1"), replies.append))
+    rig.drive("mains", False)
+    rig.core.drain()
+    assert len(replies) == 1 and replies[0].ok is False and "OverflowError" in replies[0].message
+    rows = rig.store.journal(0)
+    err = [r for r in rows if r.name == "internal_error"]
+    assert err and err[0].detail["event"] == "CommandRequest"
+    assert [r.detail for r in rows if r.kind == "command"][-1]["id"] == "c-1"
+    assert rig.state is amf_types.State.MAINS_FAILING
+    rig.at(rig.clock.now + rig.s.mains_fail_delay_s + 1)
+    assert rig.state is amf_types.State.START_DELAY
