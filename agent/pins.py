@@ -14,11 +14,14 @@ Facts this relies on (verified on gpiozero 2.0.1.post3; tests/test_pins.py pins 
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Callable
 
 from gpiozero import DigitalInputDevice, OutputDevice
 
-from agent.control.amf_types import INPUT_NAMES, OUTPUT_NAMES, Input
+from agent.control.amf_types import CRANK_TIME_HARD_CAP_S, INPUT_NAMES, OUTPUT_NAMES, Input
+from agent.control.core import Record
 from agent.errors import SiagaError
 
 
@@ -66,13 +69,27 @@ def output_logical(cfg, pin_high: bool) -> bool:
     return energised != (cfg.contact == "NC")
 
 
-class Pins:
-    """The configured inputs and outputs. Created by the core thread; ``set`` only from it."""
+log = logging.getLogger("siaga.pins")
+# The crank relay's own cut-off, in real time, a little after the controller's hard cap: it acts
+# only when the core loop is late (a slow SD card, a stuck query), never in normal operation.
+CRANK_CUTOFF_S = CRANK_TIME_HARD_CAP_S + 2.0
 
-    def __init__(self, gpio_cfg, factory) -> None:
+
+class Pins:
+    """The configured inputs and outputs. Created by the core thread; ``set`` only from it.
+
+    ``crank_cutoff_s`` (``siaga run`` passes ``CRANK_CUTOFF_S``): a starter motor engaged for
+    longer than this is released by a timer of its own, whatever the core loop is doing, and a
+    ``crank_cut_by_hard_cap`` record is posted. None (simulated time, tests) has no timer."""
+
+    def __init__(self, gpio_cfg, factory, crank_cutoff_s: float | None = None) -> None:
         self.cfg, self.factory = gpio_cfg, factory
         self._in: dict[str, tuple[DigitalInputDevice, bool]] = {}  # name -> (device, invert)
         self._out: dict[str, OutputDevice] = {}
+        self.crank_cutoff_s = crank_cutoff_s
+        self._crank_lock = threading.Lock()  # the core and the cut-off timer both write the crank
+        self._crank_timer: threading.Timer | None = None
+        self._post: Callable[[object], None] | None = None
         for name in INPUT_ORDER:
             pc = getattr(gpio_cfg.inputs, name, None)
             if pc is not None:
@@ -101,6 +118,7 @@ class Pins:
 
     def subscribe(self, post: Callable[[Input], None]) -> None:
         """Edges become ``Input`` events. Runs on the GPIO library's thread: post and return."""
+        self._post = post
         for name, (dev, inv) in self._in.items():
             dev.when_activated = lambda _d=None, n=name, i=inv: post(Input(n, not i))
             dev.when_deactivated = lambda _d=None, n=name, i=inv: post(Input(n, i))
@@ -119,8 +137,32 @@ class Pins:
 
     def set(self, name: str, on: bool) -> None:
         dev = self._out.get(name)
-        if dev is not None:  # an output the site does not wire (e.g. no alarm horn) is fine
+        if dev is None:  # an output the site does not wire (e.g. no alarm horn) is fine
+            return
+        if name != "crank":
             dev.value = output_energised(getattr(self.cfg.outputs, name), on)
+            return
+        with self._crank_lock:
+            if self._crank_timer is not None:
+                self._crank_timer.cancel()
+                self._crank_timer = None
+            dev.value = output_energised(self.cfg.outputs.crank, on)
+            if on and self.crank_cutoff_s is not None:
+                self._crank_timer = threading.Timer(self.crank_cutoff_s, self._crank_cutoff, args=(dev,))
+                self._crank_timer.name, self._crank_timer.daemon = "siaga-crank-cutoff", True
+                self._crank_timer.start()
+
+    def _crank_cutoff(self, dev: OutputDevice) -> None:
+        """Timer thread: the crank has been on for ``crank_cutoff_s`` and the core has not
+        released it. Release it here; the controller's own cut-off follows when it catches up."""
+        with self._crank_lock:
+            if self._crank_timer is None or dev.closed:
+                return  # released or re-armed in the meantime
+            self._crank_timer = None
+            dev.value = output_energised(self.cfg.outputs.crank, False)
+        log.error("crank relay released by its own %.0f s cut-off: the core loop is late", self.crank_cutoff_s)
+        if self._post is not None:
+            self._post(Record("crank_cut_by_hard_cap", {"after_s": self.crank_cutoff_s}))
 
     def outputs(self) -> dict[str, bool]:
         return {n: output_energised(getattr(self.cfg.outputs, n), True) == bool(d.value) for n, d in self._out.items()}
@@ -130,6 +172,10 @@ class Pins:
         floating input (lgpio), which is the wiring's fail-safe, not a decision of ours."""
         for dev, _ in self._in.values():
             dev.close()
+        with self._crank_lock:
+            if self._crank_timer is not None:
+                self._crank_timer.cancel()
+                self._crank_timer = None
         if release_outputs:
             for dev in self._out.values():
                 dev.close()

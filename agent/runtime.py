@@ -21,7 +21,7 @@ from agent.ctl import CtlServer
 from agent.mqtt.link import start_mqtt
 from agent.nut.server import NutServer
 from agent.nut.shutdown import STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
-from agent.pins import Pins, make_pin_factory
+from agent.pins import CRANK_CUTOFF_S, Pins, make_pin_factory
 from agent.sim.ups_sim import UpsSimulator
 from agent.sim.world import SimWorld
 from agent.ups.derive import RuntimeModel
@@ -159,7 +159,7 @@ def _run(cfg: SiteConfig) -> None:
     store, store_error = _open_store(cfg)
     simulated = cfg.hardware == "simulated"
     factory = make_pin_factory("mock" if simulated else cfg.gpio.pin_factory)
-    pins = Pins(cfg.gpio, factory)
+    pins = Pins(cfg.gpio, factory, crank_cutoff_s=CRANK_CUTOFF_S)
     core = Core(amf_settings(cfg), store, pins, MonotonicClock(), SystemWall(cfg.site.timezone),
                 resample_s=cfg.gpio.resample_interval_s)
     for sig in (signal.SIGTERM, signal.SIGINT):  # before boot: a stop during boot is queued too

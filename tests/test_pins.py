@@ -222,3 +222,48 @@ def test_close_leaves_outputs_driven_unless_asked(make_pins, factory):
     assert pin.function == "output" and pin.state == LOW
     pins.close(release_outputs=True)
     assert pin.function == "input"
+
+
+CRANK_PIN = 19
+
+
+def test_a_crank_left_on_by_a_late_core_is_released_by_its_own_cut_off(make_pins, factory):
+    """The starter must not depend on the core loop's promptness: with the core stalled (nobody
+    calls set(crank, False)), the crank relay is released at the cut-off by a timer of its own,
+    a record says so, and no other output moves."""
+    import queue
+    import time
+
+    p = make_pins(gpio(crank={"pin": CRANK_PIN}))
+    p.crank_cutoff_s = 0.2
+    posted: queue.SimpleQueue = queue.SimpleQueue()
+    p.subscribe(posted.put)
+    p.open_outputs({"start": True})
+    p.set("crank", True)
+    assert p.outputs() == {"start": True, "crank": True}
+    deadline = time.monotonic() + 30
+    while p.outputs()["crank"]:
+        assert time.monotonic() < deadline, "the crank was never released"
+        time.sleep(0.01)
+    rec = posted.get(timeout=30)
+    assert rec.name == "crank_cut_by_hard_cap" and rec.detail == {"after_s": 0.2}
+    assert p.outputs() == {"start": True, "crank": False}  # the run relay is the controller's
+
+
+def test_releasing_the_crank_in_time_disarms_the_cut_off(make_pins, factory):
+    p = make_pins(gpio(crank={"pin": CRANK_PIN}))
+    p.crank_cutoff_s = 3600.0
+    p.open_outputs({})
+    p.set("crank", True)
+    timer = p._crank_timer
+    assert timer is not None and timer.is_alive()
+    p.set("crank", False)
+    timer.join(timeout=30)
+    assert not timer.is_alive() and p._crank_timer is None and p.outputs()["crank"] is False
+
+
+def test_without_a_cut_off_no_timer_runs(make_pins, factory):
+    p = make_pins(gpio(crank={"pin": CRANK_PIN}))  # simulated time: the controller's cap only
+    p.open_outputs({})
+    p.set("crank", True)
+    assert p._crank_timer is None and p.outputs()["crank"] is True
