@@ -171,8 +171,12 @@ class MqttLink:
             self._epoch += 1
             epoch = self._epoch
             client.drop_out_messages()  # the outbox resends, in order, freshly built
+        # retainAsPublished: a command published *retained* while we are subscribed must arrive
+        # with its retain flag, so commands.handle refuses it (the broker would otherwise clear
+        # the flag on live delivery, and a retained command would run again at every start).
         client.subscribe(wire.command_topic(self.site),
-                         options=SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+                         options=SubscribeOptions(qos=1, retainAsPublished=True,
+                                                  retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
         receive_max = getattr(props, "ReceiveMaximum", None) if props else None
         self.q.put(("connected", epoch, flags.session_present, receive_max))
 

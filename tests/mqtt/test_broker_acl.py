@@ -285,10 +285,10 @@ def test_office_receives_its_commands_and_the_coordinator_status(central_broker,
 
 def test_taking_over_another_offices_client_id_reveals_no_commands(central_broker, fleet,
                                                                   probes):
-    """Known limit of mosquitto 2.0's password file: nothing binds a client id to a username, so
-    sambas's credentials can connect as medan's client id, which closes medan's connection and
-    resumes its session (observed: session_present). The read rules still apply to the new user:
-    the command queued in that session is not delivered to sambas (docs/broker.md)."""
+    """Without use_username_as_clientid (this fixture's broker), nothing binds a client id to a
+    username: sambas's credentials connect as medan's client id, close medan's connection and
+    resume its session. The read rules still apply to the new user: the command queued in that
+    session is not delivered to sambas. The deploy config closes the takeover itself (next test)."""
     medan = probes("medan")
     medan.c._client_id = b"siaga-medan-agent"
     assert medan.connect(central_broker.port, "medan", fleet.passwords["medan"],
@@ -305,6 +305,38 @@ def test_taking_over_another_offices_client_id_reveals_no_commands(central_broke
     assert thief.subscribe("siaga/_central/#") == 1
     assert central.publish("siaga/_central/status", "{}") in SUCCESS
     assert thief.topics_until("siaga/_central/status") == []
+
+
+def test_deploy_conf_binds_the_client_id_to_the_account(tmp_path, fleet, probes):
+    """deploy/mosquitto/siaga.conf (use_username_as_clientid): an office using another office's
+    client id gets a session of its own; the victim stays connected and gets its commands."""
+    require_mosquitto()
+    root = Path(tempfile.mkdtemp(prefix="siaga-broker-"))
+    try:
+        plain, tls = free_port(), free_port()
+        b = Broker(render_deploy_conf(root, fleet, plain, tls), plain, tls)
+        b.start()
+        with b:
+            medan = probes("medan")
+            medan.c._client_id = b"siaga-medan-agent"
+            assert medan.connect(tls, "medan", fleet.passwords["medan"], ca=fleet.pki.ca_cert,
+                                 clean_start=False, session_expiry_s=3600) == 0
+            assert medan.subscribe("siaga/medan/cmd/#") == 1
+            thief = probes("thief")
+            thief.c._client_id = b"siaga-medan-agent"
+            assert thief.connect(tls, "sambas", fleet.passwords["sambas"], ca=fleet.pki.ca_cert,
+                                 clean_start=False, session_expiry_s=3600) == 0
+            assert not thief.session_present  # not medan.s session
+            central = login(probes, b, fleet, "central")
+            assert central.publish("siaga/medan/cmd/req", '{"id": "for-medan"}') == 0
+            assert medan.receive().payload == b'{"id": "for-medan"}'  # still connected
+            assert not medan.disconnected.is_set()
+            # A message over max_packet_size (64 KiB) disconnects its sender; 60 KiB is accepted.
+            assert medan.publish("siaga/medan/tele", "x" * 60_000) in SUCCESS
+            medan.c.publish("siaga/medan/tele", b"x" * 70_000, qos=1)
+            assert medan.disconnected.wait(WAIT)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_coordinator_cannot_forge_what_an_office_reports(central_broker, fleet, probes):
@@ -651,7 +683,7 @@ def test_deploy_conf_keeps_office_sessions_across_a_restart(tmp_path, fleet, pro
             assert office.session_present
             assert office.receive().payload == b'{"id": "c9"}'
             # max_packet_size: an oversized message disconnects the sender.
-            office.c.publish("siaga/sambas/tele", b"x" * 300_000, qos=1)
+            office.c.publish("siaga/sambas/tele", b"x" * 70_000, qos=1)
             assert office.disconnected.wait(WAIT)
             # allow_anonymous false holds for every listener (per_listener_settings false).
             assert probes("anon").connect(plain) == NOT_AUTHORIZED

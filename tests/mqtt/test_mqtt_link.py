@@ -390,6 +390,21 @@ def test_retained_command_is_never_executed(broker, rig_factory, sub_factory):
     sub.publish(CMD, b"", retain=True)  # clear it
 
 
+def test_a_command_published_retained_while_the_agent_listens_is_refused(broker, rig_factory, sub_factory):
+    """Live delivery clears the retain flag unless the subscription asks to keep it
+    (retain-as-published): without it this command would run now and at every restart."""
+    sub = sub_factory(broker, [f"siaga/{SITE}/res/#"])
+    rig = rig_factory(broker)
+    wait_connected(rig)
+    sub.publish(CMD, json.dumps({"id": "live-ghost", "name": "set_mode", "args": {"mode": "OFF"}}).encode(), retain=True)
+    try:
+        got = result(sub, "live-ghost")
+        assert (got["ok"], got["code"]) == (False, "not_allowed") and "retained" in got["message"]
+        assert rig.status()["mode"] == "AUTO"
+    finally:
+        sub.publish(CMD, b"", retain=True)  # clear it
+
+
 def test_ups_test_and_rebirth(broker, rig_factory, sub_factory):
     calls = []
     rig = rig_factory(broker, link_kwargs={"ups_command": lambda name, value: (calls.append((name, value)) or (True, "queued"))})
