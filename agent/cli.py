@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return check_config_main(args.file)
     if args.cmd == "simulate":
+        from agent.nut.shutdown import ShutdownSequencer
         from agent.sim.simulate import main as simulate_main
 
-        return simulate_main(args.scenario, args.json, sys.stdout)
+        # The simulator may not import agent.nut (import layers): the real sequencer is handed in.
+        return simulate_main(args.scenario, args.json, sys.stdout, sequencer=ShutdownSequencer)
     if args.cmd == "run":
         from agent.runtime import main as run_main
 

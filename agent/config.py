@@ -329,6 +329,34 @@ def _cross_problems(cfg: SiteConfig) -> list[tuple[str, str]]:
     return out
 
 
+def gen_on_load_s(cfg: SiteConfig) -> float:
+    """Seconds from mains failing to the load on a generator that starts at the first attempt
+    within ``crank_time_s``: what the battery must cover before the shutdown margin."""
+    t = cfg.generator.timers
+    return t.mains_fail_delay_s + t.start_delay_s + t.preheat_s + t.crank_time_s + t.warm_up_s
+
+
+def runtime_warnings(cfg: SiteConfig, runtime_s: float, load_pct: float, where: str) -> list[str]:
+    """A UPS that cannot ride out the start of a healthy generator: ``runtime_s`` is its runtime
+    from full at the site's load (``load_pct``), ``where`` names the figure for the technician.
+    FSD comes when the runtime reaches ``runtime_margin_s`` plus the lead (two UPS polls); the
+    margin itself must cover the clients' wait and the UPS's off delay."""
+    sd = cfg.shutdown
+    fsd_at = sd.runtime_margin_s + 2 * cfg.ups.poll_interval_s
+    need = max(fsd_at, sd.max_client_wait_s + (sd.ups_off_delay_s if sd.ups_shutdown_with_return else 0.0))
+    head = f"{where} ({runtime_s:g} s at {load_pct:g} % load)"
+    if runtime_s <= need:
+        return [f"{head} is not above the shutdown margin ({need:g} s: runtime_margin_s + 2 UPS polls, "
+                f"or max_client_wait_s + ups_off_delay_s): the servers are shut down on every outage, "
+                f"even with a healthy generator"]
+    if runtime_s - fsd_at < gen_on_load_s(cfg):
+        return [f"{head} leaves {runtime_s - fsd_at:g} s above the shutdown margin, less than the "
+                f"{gen_on_load_s(cfg):g} s a generator needs to take the load (mains_fail_delay_s + "
+                f"start_delay_s + preheat_s + crank_time_s + warm_up_s): the servers are shut down on "
+                f"every outage"]
+    return []
+
+
 def config_warnings(cfg: SiteConfig) -> list[str]:
     """Legal but risky choices, printed by ``siaga check-config`` and logged at start-up."""
     w: list[str] = []
@@ -349,6 +377,10 @@ def config_warnings(cfg: SiteConfig) -> list[str]:
         w.append(f"shutdown.runtime_margin_s ({sd.runtime_margin_s:g}) is less than max_client_wait_s + "
                  f"ups_off_delay_s ({sd.max_client_wait_s + sd.ups_off_delay_s:g}): the battery may run flat "
                  "before the UPS cuts its output, and then nothing power-cycles the servers back on")
+    runtime_s, load_pct = ((cfg.simulation.ups_runtime_s_at_load, cfg.simulation.load_pct) if cfg.hardware == "simulated"
+                           else (cfg.ups.nominal_runtime_s, cfg.ups.nominal_load_pct))
+    where = "simulation.ups_runtime_s_at_load" if cfg.hardware == "simulated" else "ups.nominal_runtime_s"
+    w += runtime_warnings(cfg, runtime_s, load_pct, where)
     if not cfg.ups.enabled:
         w.append("ups.enabled: false: servers will never be told to shut down")
     if cfg.nut.enabled and not cfg.nut.users:

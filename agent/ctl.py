@@ -16,6 +16,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 from typing import Callable
 
 from agent.control import amf_types
@@ -166,7 +167,8 @@ def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None
         recs = _ask(core, lambda c: c.store.journal(max(0, c.store.last_seq() - n)))
         if as_json:
             return json.dumps([r.__dict__ for r in recs])
-        return "\n".join(f"{r.seq:>7} boot {r.boot} {r.kind:<8} {r.name:<26} {json.dumps(r.detail)}" for r in recs)
+        return "\n".join(f"{r.seq:>7} {_stamp(r.ts_wall, r.clock_synced)} boot {r.boot} {r.kind:<8} {r.name:<26} "
+                         f"{json.dumps(r.detail)}" for r in recs)
     if cmd == "ups":
         return _ups(ups, rest, as_json)
     if cmd == "shutdown":
@@ -176,6 +178,11 @@ def execute(core: Core, words: list[str], sim: Callable[[list[str]], str] | None
             raise CtlError("sim commands need hardware: simulated")
         return sim(rest + (["--json"] if as_json else []))
     raise CtlError(f"unknown command {' '.join(words)!r}; try `help`")
+
+
+def _stamp(ts_wall: float, synced: bool) -> str:
+    """Local wall time of a journal entry; ``?`` marks a clock that was not synced then."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts_wall)) + ("" if synced else "?")
 
 
 def _status_text(st: dict) -> str:

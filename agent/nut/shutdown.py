@@ -144,6 +144,19 @@ class ShutdownSequencer:
             except Exception:  # keep sequencing: a failing journal must not stop a shutdown
                 log.exception("shutdown step failed")
 
+    def next_due(self) -> float | None:
+        """When ``step`` next has something to do by the clock alone (a client wait running
+        out, a retry): for a driver in simulated time (``siaga simulate``), which steps it there
+        and after every change, instead of every ``STEP_S``."""
+        if self.phase == "waiting_clients":
+            grace = self.since + min(CLIENT_GRACE_S, self.cfg.max_client_wait_s) if self.logins_at_fsd == 0 else None
+            return min(t for t in (self.deadline, grace) if t is not None)
+        if self.phase == "commanding_ups":
+            return self.next_try
+        if self.phase in ("ups_pending", "test"):
+            return self.deadline
+        return None
+
     def step(self, now: float) -> None:
         while not self._inbox.empty():
             self._handle(*self._inbox.get_nowait(), now)

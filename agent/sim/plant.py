@@ -91,7 +91,7 @@ class PlantParams:
 
 
 # Changing these after construction would break the models' anchors.
-_FIXED_PARAMS = {"profile", "ats_mode", "fuel_h", "fuel_frac", "charge", "servers_state", "mains"}
+FIXED_PARAMS = {"profile", "ats_mode", "fuel_h", "fuel_frac", "charge", "servers_state", "mains"}
 
 
 @dataclass
@@ -311,6 +311,8 @@ class Plant:
         self.servers = Servers(p, now, self._log)
         self.outputs = dict.fromkeys(OUTPUTS, False)
         self.unpowered_s = 0.0
+        self.servers_down_s = 0.0  # halted or unpowered: no service either way
+        self.sense_faults: dict[str, bool] = {}  # input -> the level a faulty sense wire shows
         self._flags: dict[str, bool] = {}
         self._settle(now)
         self.log.clear()  # t0 set-up is not news
@@ -330,9 +332,10 @@ class Plant:
 
     def inputs(self) -> dict[str, bool]:
         g = self.generator
-        return {"mains": self.mains.present, "gen_running": g.ac_on, "engine_running": g.turning,
-                "low_fuel": g.low_fuel(self.t), "e_stop": g.e_stop,
-                "gen_not_in_auto": g.not_in_auto}
+        levels = {"mains": self.mains.present, "gen_running": g.ac_on, "engine_running": g.turning,
+                  "low_fuel": g.low_fuel(self.t), "e_stop": g.e_stop,
+                  "gen_not_in_auto": g.not_in_auto}
+        return levels | self.sense_faults
 
     def ups_reading(self) -> UpsReading:
         return self.ups.reading(self.t)
@@ -375,9 +378,22 @@ class Plant:
         setattr(self.generator, "e_stop" if name == "e_stop" else "not_in_auto", bool(value))
         self._settle(now)
 
+    def set_sense_fault(self, now: float, name: str, level: bool | None) -> None:
+        """A sense wire fault: input ``name`` shows ``level`` whatever the world does (None: the
+        wire is mended). The world itself (the UPS input, the generator) is unchanged."""
+        if name not in INPUTS:
+            raise ValueError(f"{name!r} is not an input")
+        self.advance(now)
+        if level is None:
+            self.sense_faults.pop(name, None)
+        else:
+            self.sense_faults[name] = bool(level)
+        self._log(now, f"{name}_sense", "mended" if level is None else f"stuck {'on' if level else 'off'}")
+        self._settle(now)
+
     def set_param(self, now: float, name: str, value) -> None:
         """Change a parameter mid-run (sabotage knobs: fails_to_start, dies_at, ups_fault...)."""
-        if name in _FIXED_PARAMS or not hasattr(self.params, name):
+        if name in FIXED_PARAMS or not hasattr(self.params, name):
             raise ValueError(f"{name!r} cannot be changed mid-run")
         dataclasses.replace(self.params, **{name: value})  # validates
         self.advance(now)
@@ -444,6 +460,8 @@ class Plant:
         if dt > 0:
             if self.servers.state is ServerState.UNPOWERED:
                 self.unpowered_s += dt
+            if self.servers.state in (ServerState.UNPOWERED, ServerState.HALTED):
+                self.servers_down_s += dt
             if self.generator.turning:
                 self.generator.run_s += dt
             self.t = self.generator.now = t

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from agent.control import amf_types
 from agent.config import amf_settings, load_config
 from agent.sim.plant import PlantParams
+from agent.nut.shutdown import ShutdownSequencer
 from agent.sim.simulate import Scenario, ScenarioEvent, Simulation, load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,13 +30,13 @@ HIGH, LOW = True, False
 def run_named(name: str):
     """(scenario, site, simulation, result) for a shipped scenario; each runs once per session."""
     scn, site = load_scenario(str(SCENARIOS / f"{name}.yaml"))
-    sim = Simulation(scn, site)
+    sim = Simulation(scn, site, ShutdownSequencer)
     return scn, site, sim, sim.run()
 
 
 def run_file(path: Path):
     scn, site = load_scenario(str(path))
-    sim = Simulation(scn, site)
+    sim = Simulation(scn, site, ShutdownSequencer)
     return scn, site, sim, sim.run()
 
 
@@ -141,10 +142,24 @@ def test_gen_dies_locks_out_and_shuts_servers_down_before_the_battery_is_flat():
     assert summary["gen_start_attempts"] == 1
     assert summary["fsd_at_s"] is not None and died < summary["fsd_at_s"]
     assert summary["fsd_ups_runtime_s"] >= s.runtime_margin_s
-    flat = [e["t_s"] for e in events(result, "plant", "ups_output_off") if "flat" in str(e["detail"])]
-    assert flat and summary["fsd_at_s"] < first_t(result, "plant", "servers_halted") < flat[0]
+    # The real chain: FSD, the servers halt and log out, then the UPS is told shutdown.return and
+    # cuts its output after ups_off_delay_s, long before the battery is flat.
+    halted = first_t(result, "plant", "servers_halted")
+    assert summary["fsd_at_s"] < halted
+    assert first_t(result, "shutdown", "shutdown_clients_gone") == halted
+    (cmd,) = summary["ups_shutdown_commands"]
+    assert cmd["at_s"] == halted and cmd["bytes"] == "S02R0001"  # 120 s off delay, back 1 min after mains
+    cut = [e for e in events(result, "plant", "ups_output_off")]
+    assert [e["detail"] for e in cut] == ["shutdown command"]
+    assert cut[0]["t_s"] == pytest.approx(halted + site.shutdown.ups_off_delay_s)
+    assert summary["battery_min_pct"] > 0
     assert summary["servers_hard_power_losses"] == 0
+    # back by the UPS's return when mains came back, and FSD lifted before they booted
+    back = first_t(result, "scenario", "mains_on")
+    assert first_t(result, "plant", "ups_output_on") == pytest.approx(back + site.shutdown.ups_return_delay_s)
+    assert first_t(result, "shutdown", "shutdown_fsd_lifted") < first_t(result, "plant", "servers_booted")
     assert summary["servers_state"] == "RUNNING"
+    assert summary["servers_down_s"] == pytest.approx(first_t(result, "plant", "servers_booting") - halted)
 
 
 def test_mains_chatter_limits_starts_and_holds_the_generator():
@@ -174,7 +189,8 @@ def test_simulate_json_output():
     assert p.returncode == 0, p.stderr
     assert "Traceback" not in p.stderr
     doc = json.loads(p.stdout)  # exactly one JSON document
-    assert set(doc) == {"timeline", "summary"}
+    assert set(doc) == {"warnings", "timeline", "summary"}
+    assert doc["warnings"] == []  # the example site and this UPS can ride out a generator start
     assert doc["timeline"] and all(set(e) == {"t_s", "kind", "name", "detail"} for e in doc["timeline"])
     for key in ("load_unpowered_s", "fsd_at_s", "gen_start_attempts", "gen_run_s",
                 "mains_fail_to_gen_on_load_s", "battery_min_pct", "alarms"):
@@ -187,8 +203,9 @@ def test_simulate_text_output():
     p = siaga("simulate", str(SCENARIOS / "founding-incident.yaml"))
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
-    assert re.search(r"^\s*1:00:00  scenario\s+mains_off\b", p.stdout, re.M)
-    assert re.search(r"^\s*1:00:0\d  controller\s+MAINS_FAILING\b", p.stdout, re.M)
+    # simulated time, then the wall time (the scenario gives start_wall: Monday 5 January, 08:00)
+    assert re.search(r"^\s*1:00:00  Mon 05 09:00:00  scenario\s+mains_off\b", p.stdout, re.M)
+    assert re.search(r"^\s*1:00:0\d  Mon 05 09:00:0\d  controller\s+MAINS_FAILING\b", p.stdout, re.M)
     assert "Summary:" in lines
     tail = lines[lines.index("Summary:") + 1:]
     assert "  load_unpowered_s: 0.0" in tail and any(t.startswith("  alarms: ") for t in tail)
@@ -363,7 +380,7 @@ def test_random_day_of_mains_with_a_healthy_genset_never_drops_the_servers(sched
     site = load_config(SITE)
     scn = Scenario(name="random-day", config=str(SITE), duration_s=86400, events=schedule,
                    plant={"capacity_s_at_load": 3600, "start_s": 5})
-    result = Simulation(scn, site).run()
+    result = Simulation(scn, site, ShutdownSequencer).run()
     summary = result["summary"]
     assert summary["servers_hard_power_losses"] == 0
     assert summary["final_state"] != "LOCKOUT"
