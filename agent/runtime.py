@@ -154,7 +154,8 @@ def _start_nut(cfg: SiteConfig, core: Core, link: UpsLink | None, seq: ShutdownS
 
 
 def _run(cfg: SiteConfig) -> None:
-    for w in config_warnings(cfg):
+    warnings = config_warnings(cfg)
+    for w in warnings:
         log.warning("config: %s", w)
     store, store_error = _open_store(cfg)
     simulated = cfg.hardware == "simulated"
@@ -165,6 +166,7 @@ def _run(cfg: SiteConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):  # before boot: a stop during boot is queued too
         signal.signal(sig, lambda *_: core.stop())
     extra: list[amf_types.Effect] = []
+    extra += [amf_types.Note("config_warning", {"warning": w}) for w in warnings]  # journalled (and published) at boot
     if store.recovered_from_corruption:
         extra.append(amf_types.Note("store_recovered", {"corrupt_file": store.recovered_from_corruption}))
     watchdog = not simulated and watchdog_reset_detected()
