@@ -39,6 +39,10 @@ MOMENTARY_OUTPUTS = ("crank", "preheat")  # switched off when the agent stops; t
 # edge waiting behind it for seconds. The batch stops at the first event that is not a Record,
 # so the journal keeps the order things were posted in.
 RECORD_BATCH = 500
+# While the store cannot be written, it is tried again at most this often (not at every event):
+# retrying thousands of held entries on each commit kept a full SD card busy and the core too
+# slow to answer `ctl status` for minutes.
+STORE_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,9 @@ class Core:
             self._due["wall"] = now + (self.wall_every_s or 0)
             r = self.wall.read()
             fx += self.controller.handle(amf_types.WallClock(r.epoch_s, r.synced, r.utc_offset_s), now)
+        if self._due.get("store_retry", now + 1) <= now:
+            del self._due["store_retry"]  # _write sets the next one if this try fails too
+            self._commit([], now, force=True)  # held entries reach the disk without waiting for news
         if self._due.get("snapshot", now + 1) <= now:
             self._due["snapshot"] = now + (self.snapshot_every_s or 0)
             self._commit([], now, force=True)  # run hours move on even when nothing happens
@@ -287,6 +294,20 @@ class Core:
         reading = self.wall.read()
         entries = self._unsaved + [e for e in (journal_entry(f, now, reading.epoch_s, reading.synced) for f in fx) if e]
         snap = c.snapshot(now)
+        if not self.storage_ok and now < self._due.get("store_retry", now):
+            self._hold(entries)  # not yet: no I/O until the next retry
+            records = []
+        else:
+            records = self._write(entries, snap, now)
+        self._after_commit(records, fx)
+
+    def _hold(self, entries: list[JournalEntry]) -> None:
+        if len(entries) > MAX_UNSAVED:
+            log.error("journal held in memory over %d entries: the oldest %d are dropped", MAX_UNSAVED, len(entries) - MAX_UNSAVED)
+        self._unsaved = entries[-MAX_UNSAVED:]
+
+    def _write(self, entries: list[JournalEntry], snap: dict, now: float) -> list[JournalRecord]:
+        c = self.controller
         try:
             records = self.store.commit(entries, snapshot=snap, outputs=dict(c.outputs), counters=snap["counters"],
                                         also=self._tx_hooks if self.tx_hooks else None)
@@ -295,15 +316,20 @@ class Core:
                 log.error("cannot write the store (%s): controlling on, holding the journal in memory", e)
                 self.post(amf_types.ExternalAlarm("storage_failed", True, str(e)))
             self.storage_ok = False
-            self._unsaved = entries[-MAX_UNSAVED:]
-            records = []
+            self._due["store_retry"] = now + STORE_RETRY_S
+            self._hold(entries)
+            return []
         else:
             if not self.storage_ok:
                 log.warning("store writable again: %d held journal entries written", len(self._unsaved))
                 self.storage_ok = True
+                self._due.pop("store_retry", None)
                 self.post(amf_types.ExternalAlarm("storage_failed", False))
             self._unsaved = []
-        for f in fx:  # relays only after the decision is durable
+            return records
+
+    def _after_commit(self, records: list[JournalRecord], fx: list[amf_types.Effect]) -> None:
+        for f in fx:  # relays only after the decision is durable (or, store failed, held)
             if isinstance(f, amf_types.SetOutput):
                 self.pins.set(f.name, f.on)
         for sink in self.sinks:

@@ -20,7 +20,7 @@ from gpiozero.pins.mock import MockFactory
 from agent.control import amf_types
 from agent.control.clock import FakeClock, SimulatedWall
 from agent.config import amf_settings, parse_config
-from agent.control.core import Call, CommandRequest, Core
+from agent.control.core import STORE_RETRY_S, Call, CommandRequest, Core
 from agent.pins import Pins, input_level
 from agent.control.store import Store, StoreError
 
@@ -247,7 +247,8 @@ def test_store_failure_keeps_controlling_and_the_journal_catches_up(tmp_path, ne
     assert "storage_failed" in st["alarms"]
     assert rig.store.journal() == rows_before  # nothing reached the disk meanwhile
 
-    monkeypatch.undo()  # the card is writable again
+    monkeypatch.undo()  # the card is writable again: the next retry writes everything held
+    rig.at(rig.clock.now + STORE_RETRY_S)
     rig.core.post(CommandRequest(amf_types.Command("ack", {"alarm": "storage_failed"})))
     rig.core.drain()
     rows = rig.store.journal()
@@ -612,3 +613,35 @@ def test_an_exception_while_handling_one_event_does_not_stop_the_core(tmp_path, 
     assert rig.state is amf_types.State.MAINS_FAILING
     rig.at(rig.clock.now + rig.s.mains_fail_delay_s + 1)
     assert rig.state is amf_types.State.START_DELAY
+
+
+def test_a_failed_store_is_retried_on_a_schedule_not_at_every_event(tmp_path, factory, monkeypatch):
+    """SD card full: each commit used to retry every held entry, so the core spent its time on
+    failing writes. Now the store is tried again every STORE_RETRY_S, and the held entries
+    reach the disk at the first retry that works, without waiting for another event."""
+    from agent.control.core import Record
+
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.boot()
+    tries = []
+    real = rig.store.commit
+
+    def full(*a, **k):
+        tries.append(len(a[0]))
+        raise StoreError("database or disk is full")
+
+    monkeypatch.setattr(rig.store, "commit", full)
+    for i in range(200):
+        rig.core.post(Record("nut_login", {"i": i}))
+        rig.core.post(amf_types.Tick())
+    rig.core.drain()
+    assert len(tries) == 1  # one try, then hold in memory until the retry time
+    assert rig.core.status()["unsaved_journal"] >= 200
+    rig.at(rig.clock.now + STORE_RETRY_S)
+    assert len(tries) == 2  # the scheduled retry, with nothing else happening
+    monkeypatch.setattr(rig.store, "commit", real)  # space freed
+    before = rig.store.last_seq()
+    rig.at(rig.clock.now + STORE_RETRY_S)
+    assert rig.core.storage_ok and rig.core.status()["unsaved_journal"] == 0
+    logins = [r.detail["i"] for r in rig.store.journal(before) if r.name == "nut_login"]
+    assert logins == list(range(200))
