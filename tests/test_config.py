@@ -594,3 +594,30 @@ def test_a_margin_shorter_than_the_client_wait_and_ups_delay_is_warned():
     assert any("runtime_margin_s (200) is less than max_client_wait_s + ups_off_delay_s (300)" in w
                for w in config.config_warnings(cfg))
     assert not any("max_client_wait_s" in w for w in config.config_warnings(parse_config(BASE)))
+
+
+@pytest.mark.parametrize("runtime_s, expect", [
+    (500, "is not above the shutdown margin (602 s"),  # FSD at once on every outage
+    (640, "leaves 38 s above the shutdown margin, less than the 45 s a generator needs"),
+    (680, None),  # 78 s to spare: a healthy generator takes the load first
+])
+def test_a_ups_that_cannot_ride_out_a_generator_start_is_warned(tmp_path, runtime_s, expect):
+    """UPS runtime at the site's load against runtime_margin_s (600) + lead (2 polls of 1 s) and
+    the time a first-attempt start takes (3 + 2 + 10 + 30 s with the default timers)."""
+    f = tmp_path / "site.yaml"
+    f.write_text(BASE + f"ups:\n  nominal_runtime_s: {runtime_s}\n  nominal_load_pct: 40\n")
+    out = io.StringIO()
+    assert config.check_config_main(str(f), out) == 0
+    warned = [line for line in out.getvalue().splitlines() if "ups.nominal_runtime_s" in line]
+    if expect is None:
+        assert warned == []
+    else:
+        (line,) = warned
+        assert line.startswith(f"warning: ups.nominal_runtime_s ({runtime_s} s at 40 % load) ")
+        assert expect in line and "shut down on every outage" in line
+
+
+def test_the_runtime_check_uses_the_simulated_ups_on_simulated_hardware():
+    cfg = parse_config(BASE + "hardware: simulated\nsimulation:\n  ups_runtime_s_at_load: 300\n  load_pct: 60\n")
+    assert any(w.startswith("simulation.ups_runtime_s_at_load (300 s at 60 % load)") for w in config.config_warnings(cfg))
+    assert not any("ups.nominal_runtime_s" in w for w in config.config_warnings(cfg))
