@@ -139,6 +139,7 @@ class Timers(_Model):  # names and defaults are those of amf_types.Settings
     max_run_alarm_s: Seconds = _AMF.max_run_alarm_s
     starter_lockout_s: Seconds = _AMF.starter_lockout_s
     gen_lost_confirm_s: Seconds = _AMF.gen_lost_confirm_s
+    ats_transfer_delay_s: Seconds = _AMF.ats_transfer_delay_s  # ups_input: the ATS's own delay to the generator
 
 
 class ExerciseConfig(_Model):
@@ -196,6 +197,95 @@ class MqttConfig(_Model):
     telemetry_interval_s: float = Field(60.0, gt=0)
     outbox_max_rows: int = Field(1_000_000, ge=1)
     home_assistant_discovery: bool = False
+    # Keep event rows until the coordinator's retained ack (siaga/_central/ack/<site>) covers them
+    # (docs/mqtt.md "Delivery"). auto: once this agent has seen a coordinator; false: PUBACK only.
+    end_to_end_ack: Literal["auto", True, False] = "auto"
+    ack_resend_after_s: float = Field(60.0, ge=1)  # the coordinator online but its ack stalled: re-send
+
+
+SERVICE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"  # = wire.NAME_PATTERN: a key of state/services probes
+_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                       r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+
+
+def _host_ok(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return _HOSTNAME.match(host) is not None
+
+
+def split_host_port(target: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port); ValueError saying what is wrong."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"{target!r} is not host:port (e.g. 10.0.0.5:443 or app.example.go.id:443)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not _host_ok(host):
+        raise ValueError(f"{host!r} in {target!r} is not a host name or IP address")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port} in {target!r} is not 1..65535")
+    return host, int(port)
+
+
+class ServiceCheck(_Model):
+    """One probed service (agent/probes.py, docs/services.md): is the national application
+    service, or the office's own application server, reachable from here?"""
+
+    name: str = Field(pattern=SERVICE_NAME_PATTERN)
+    role: Literal["national", "local"] = "local"
+    kind: Literal["http", "tcp", "dns"]
+    target: str = Field(min_length=1)  # http: http(s)://host[:port]/path; tcp: host:port; dns: a host name
+    interval_s: float = Field(30.0, ge=1)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    expected_status_min: int = Field(200, ge=100, le=599)  # http: the status codes that mean "up"
+    expected_status_max: int = Field(399, ge=100, le=599)
+    down_after_failures: int = Field(2, ge=1, le=100)  # consecutive failures before it counts as down
+    ca_file: str | None = None  # https: a private CA (default: the system's)
+
+    @model_validator(mode="after")
+    def _check_target(self) -> ServiceCheck:
+        t = self.target
+        if self.kind == "http":
+            from urllib.parse import urlsplit
+            u = urlsplit(t)
+            if u.scheme not in ("http", "https") or not u.hostname:
+                raise ValueError(f"target {t!r}: an http probe needs an http:// or https:// URL")
+            try:
+                u.port
+            except ValueError:
+                raise ValueError(f"target {t!r}: bad port") from None
+            if not _host_ok(u.hostname):
+                raise ValueError(f"target {t!r}: {u.hostname!r} is not a host name or IP address")
+            if self.expected_status_min > self.expected_status_max:
+                raise ValueError(f"expected_status_min {self.expected_status_min} is above "
+                                 f"expected_status_max {self.expected_status_max}")
+        elif self.kind == "tcp":
+            try:
+                split_host_port(t)
+            except ValueError as e:
+                raise ValueError(f"target: {e}") from None
+        elif not _host_ok(t.rstrip(".") or "-"):
+            raise ValueError(f"target {t!r}: a dns probe needs a host name to look up")
+        if self.ca_file is not None and not t.startswith("https://"):
+            raise ValueError("ca_file is only for https targets")
+        if self.timeout_s >= self.interval_s:
+            raise ValueError(f"timeout_s {self.timeout_s:g} must be below interval_s {self.interval_s:g}")
+        return self
+
+
+def _unique_names(checks: list[ServiceCheck]) -> list[ServiceCheck]:
+    seen: set[str] = set()
+    for c in checks:
+        if c.name in seen:
+            raise ValueError(f"service name {c.name!r} is used twice; each probe needs its own name")
+        seen.add(c.name)
+    return checks
+
+
+ServiceChecks = Annotated[list[ServiceCheck], AfterValidator(_unique_names)]
 
 
 HASH_PREFIXES = ("scrypt$", "pbkdf2_sha256$")
@@ -258,6 +348,7 @@ class SiteConfig(_Model):
     nut: NutConfig = Field(default_factory=NutConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
+    services: ServiceChecks = Field(default_factory=list)  # probes (agent/probes.py)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
 
     @model_validator(mode="after")
@@ -408,6 +499,7 @@ def amf_settings(cfg: SiteConfig) -> amf_types.Settings:
         **gen.model_dump(exclude={"profile", "running_confirmation", "timers", "exercise"}),
         exercise=amf_types.ExerciseSettings(**gen.exercise.model_dump()),
         ups_critical_runtime_s=cfg.ups.critical_runtime_s,
+        ups_expected_runtime_s=cfg.ups.nominal_runtime_s,
         runtime_margin_s=cfg.shutdown.runtime_margin_s,
         fsd_lead_s=2 * cfg.ups.poll_interval_s,
         fsd_on_low_battery=cfg.shutdown.on_low_battery,

@@ -87,6 +87,8 @@ class Controller:
         self.run_on_load = False  # test/exercise with the load transferred
         self.run_duration_s = 0.0
         self.starts: list[float] = []  # monotonic times of start sequences in the last hour
+        self.deferred = False  # MAINS_FAILING: the start waits for the hourly start limit
+        self.resumed_wall: float | None = None  # synced wall time of the snapshot resumed from
         self.fsd = False
         self.chatter_hold = False  # latched by mains_chatter; cleared once mains stayed stable
         self.counters: dict[str, float] = {
@@ -113,6 +115,14 @@ class Controller:
                     self.ups_lost_at = now if event.active else None
         elif isinstance(event, WallClock):
             self.wall, self.wall_mono = event, now
+            if self.resumed_wall is not None:
+                # First clock after a restart: starts restored by resume() were placed as if the
+                # agent had been down for no time (the safe side). A synced clock says how long
+                # it really was down, so starts that have since aged out stop counting.
+                down = event.epoch_s - self.resumed_wall if event.synced else 0.0
+                if down > 0:
+                    self.starts = [t - down for t in self.starts]
+                self.resumed_wall = None
             if event.synced and not self.counters["last_exercise_wall"]:
                 # First synced clock after install: the first exercise falls one interval later.
                 self.counters["last_exercise_wall"] = event.epoch_s
@@ -142,6 +152,10 @@ class Controller:
             "in_safety_window": "safety_on" in self.timers, "alarms": self.alarms.snapshot(),
             "counters": counters, "outputs": dict(self.outputs),
             "run": {"on_load": self.run_on_load, "duration_s": self.run_duration_s},
+            # Starts of the last hour (the hourly limit), as ages: monotonic time does not survive
+            # a reboot. With a synced clock, resume credits the time the agent was down.
+            "starts_ago": [round(now - t, 3) for t in self._recent_starts(now)],
+            "saved_wall": self.wall_now(now) if self.wall is not None and self.wall.synced else None,
         }
 
     def status(self, now: float) -> dict:
@@ -171,6 +185,9 @@ class Controller:
         c.counters.update({k: float(v) for k, v in (snap.get("counters") or {}).items()})
         c.fsd = bool(snap.get("fsd", False))
         c.chatter_hold = bool(snap.get("chatter_hold", False))
+        c.starts = sorted(now - float(a) for a in (snap.get("starts_ago") or []) if 0 <= float(a) < HOUR_S)
+        saved_wall = snap.get("saved_wall")
+        c.resumed_wall = float(saved_wall) if isinstance(saved_wall, (int, float)) else None
         c.inputs.update({k: v for k, v in inputs.items() if k in c.inputs})
         c.mains_out_since = now if c.inputs["mains"] is False else None  # how long before: unknown
         run = snap.get("run") or {}
@@ -268,6 +285,39 @@ class Controller:
         return bool(u and u.on_battery and (u.low_battery or (
             u.runtime_s is not None and u.runtime_s < self.s.ups_critical_runtime_s)))
 
+    def _ups_cannot_wait(self, now: float) -> tuple[str, float | None]:
+        """(why the UPS cannot wait for a start the hourly limit would defer, or "";
+        when that becomes true if no new reading comes, or None).
+
+        It cannot wait once its runtime is at the critical threshold, or it reports low battery.
+        When the link gives no runtime (no reading, none in the reading, or a lost link on line
+        before mains went), the battery is taken to last ``ups_expected_runtime_s`` from the
+        mains failure: the start yields once what is left of that reaches the critical threshold
+        (so at the latest when mains has been out longer than the expected battery time)."""
+        s, u = self.s, self._ups_now(now)
+        crit = s.ups_critical_runtime_s
+        if u is not None and u.on_battery and u.low_battery:
+            return "UPS reports low battery", None
+        if u is not None and u.runtime_s is not None:
+            if not u.on_battery:
+                return "", None
+            at = None if self.ups_lost_at is None else now + u.runtime_s - crit  # aged estimate
+            if u.runtime_s <= crit or (at is not None and at <= now):
+                return f"UPS runtime {u.runtime_s:.0f} s <= critical {crit:.0f} s", None
+            return "", at
+        if self.mains_out_since is None or (u is not None and not u.on_battery and self.ups_lost_at is None):
+            return "", None  # mains present, or the UPS says it is on line
+        out_s = now - self.mains_out_since
+        at = self.mains_out_since + s.ups_expected_runtime_s - crit
+        if at <= now:
+            return (f"no UPS runtime known; mains out {out_s:.0f} s of an expected {s.ups_expected_runtime_s:.0f} s "
+                    f"battery time leaves <= critical {crit:.0f} s"), None
+        return "", at
+
+    def _mains_fail_due(self) -> float | None:
+        """When the current mains loss counts as a failure (mains_fail_delay_s after it began)."""
+        return None if self.mains_out_since is None else self.mains_out_since + self.s.mains_fail_delay_s
+
     def _gen_up(self, now: float) -> bool:
         """Running confirmed, by the configured means."""
         if self.s.confirm is Confirm.GEN_SENSE:
@@ -355,6 +405,10 @@ class Controller:
                 mode = Mode(str(args.get("mode", "")).upper())
             except ValueError:
                 return False, f"mode must be AUTO, MANUAL or OFF, not {args.get('mode')!r}"
+            if cmd.source == "mqtt" and mode is not Mode.AUTO:
+                # One coordinator credential must never switch automatic start off fleet-wide.
+                return False, (f"mode {mode.value} is set on site only (console or siaga ctl); "
+                               "a remote command can only set AUTO")
             self.mode = mode
             if (mode is not Mode.AUTO and st is State.MAINS_FAILING) or (
                     mode is Mode.OFF and st in START_SEQUENCE and not self.fired):
@@ -449,7 +503,12 @@ class Controller:
             # Confirm for gen_lost_confirm_s: GPIO edges arrive in any order on a Pi, and an
             # e-stop that stops the engine must be seen as the e-stop, not as a failure. Until
             # then the state's own logic goes on as usual.
-            if now >= self.timers.setdefault("gen_lost", now + s.gen_lost_confirm_s):
+            first = now
+            if s.confirm is Confirm.UPS_INPUT and self.mains_out_since is not None:
+                # The ATS moves the load to the generator only after its own delay: until then
+                # the UPS on battery says nothing about the generator.
+                first = max(now, self.mains_out_since + s.ats_transfer_delay_s)
+            if now >= self.timers.setdefault("gen_lost", first + s.gen_lost_confirm_s):
                 del self.timers["gen_lost"]
                 if self.run_started_at is not None and now < self.timers.get("safety_on", 0.0):
                     if st is State.COOLING_DOWN:  # the run was ending anyway: no new attempt for it
@@ -468,17 +527,27 @@ class Controller:
         if st is State.MAINS_FAILING:
             if mains is not False:
                 return self._go("mains_back_early", State.MAINS_OK, now, fx, "mains back within mains_fail_delay_s")
-            if self._expired("state", now):
+            if self._expired("state", now) or self.deferred:
                 recent = self._recent_starts(now)
                 if len(recent) >= s.max_starts_per_hour:
-                    self.timers["state"] = recent[0] + HOUR_S  # start as soon as the limit allows
-                    fx.append(Note("start_deferred", {"starts_last_hour": len(recent), "until_s": recent[0] + HOUR_S - now}))
-                    return False
+                    why, at = self._ups_cannot_wait(now)
+                    if not why:
+                        until = recent[0] + HOUR_S  # start as soon as the limit allows ...
+                        self.timers["state"] = until if at is None else min(until, at)  # ... or the UPS cannot wait
+                        if not self.deferred:
+                            self.deferred = True
+                            fx.append(Note("start_deferred", {"starts_last_hour": len(recent), "until_s": until - now}))
+                        return False
+                    # The limit protects the starter; it never outweighs servers on a dying battery.
+                    fx.append(Note("start_limit_overridden", {"starts_last_hour": len(recent), "why": why}))
                 self._begin_start(RunReason.MAINS_FAILURE, now, fx)
                 return True
             return False
-        if st in START_SEQUENCE and self.reason is RunReason.MAINS_FAILURE and mains is True and not self.fired:
-            return self._go("mains_back_early", State.MAINS_OK, now, fx, "mains returned before the generator ran")
+        if st is State.START_DELAY and self.reason is RunReason.MAINS_FAILURE and mains is True:
+            # Only before the start command. Once it is given the engine is brought up, and a
+            # return is the return delay's to judge (stable mains): a bouncing feeder must never
+            # cancel start after start until the hourly limit, while the UPS drains.
+            return self._go("mains_back_early", State.MAINS_OK, now, fx, "mains returned during the start delay")
         if st is State.START_DELAY:
             if self._ups_critical(now) or self._expired("state", now):
                 return self._begin_attempt(now, fx)
@@ -536,7 +605,9 @@ class Controller:
                 return self._go("mains_stable", State.COOLING_DOWN, now, fx, "mains stable", s.cool_down_s)
             return False
         if st in (State.COOLING_DOWN, State.STOPPING):
-            if self.mode is Mode.AUTO and mains is False and (st is State.COOLING_DOWN or not self._engine_stopped()):
+            due = self._mains_fail_due()  # a flicker shorter than mains_fail_delay_s moves no load
+            if (self.mode is Mode.AUTO and mains is False and due is not None and now >= due
+                    and (st is State.COOLING_DOWN or not self._engine_stopped())):
                 self.reason = RunReason.MAINS_FAILURE
                 if st is State.STOPPING:  # it may be running down: a stop now is a false start
                     self.timers["safety_on"] = now + s.safety_on_delay_s
@@ -575,6 +646,7 @@ class Controller:
             fx.append(Note("internal_error", {"rule": key, "from": self.state.value, "to": new.value}))
         fx.append(Transition(self.state, new, f"{key}: {why}"))
         self.state, self.state_since = new, now
+        self.deferred = False
         self.timers.pop("state", None)
         self.timers.pop("assumed", None)
         if new not in (State.WARMING_UP, State.ON_GENERATOR):
@@ -704,7 +776,8 @@ class Controller:
             self.timers.pop("fsd_clear", None)  # any dip restarts the wait for stable power
         if need and not self.fsd:
             self.fsd = True
-            why = f"UPS runtime {u.runtime_s:.0f}s < margin {s.runtime_margin_s:.0f}s" if below else "UPS low battery"
+            why = (f"UPS runtime {u.runtime_s:.0f} s < margin {s.runtime_margin_s:.0f} s + lead {s.fsd_lead_s:g} s"
+                   if below and u and u.runtime_s is not None else "UPS low battery")
             fx.append(FsdRequest(True, why))
         elif self.fsd and not need:
             if u is not None and not u.on_battery:
@@ -716,6 +789,20 @@ class Controller:
                     fx.append(FsdRequest(False, f"power back and stable for {s.fsd_clear_after_s:.0f}s"))
             else:
                 self.timers.pop("fsd_clear", None)
+        # Not in AUTO: nothing starts the generator on a mains failure (NFPA 110 "not in
+        # automatic"). Louder once mains has really failed with nothing carrying the load.
+        fx += self.alarms.set("not_in_auto", self.mode is not Mode.AUTO, f"mode {self.mode.value}")
+        due = self._mains_fail_due()
+        exposed = self.mode is not Mode.AUTO and due is not None and self.state not in (
+            State.WARMING_UP, State.ON_GENERATOR, State.MAINS_RETURNING)
+        loud = exposed and due is not None and now >= due
+        fx += self.alarms.set("mains_failed_not_in_auto", loud, f"mode {self.mode.value}" if loud else "")
+        for name, on in (("not_in_auto", exposed),
+                         ("mains_fail", self.state in (State.COOLING_DOWN, State.STOPPING) and self.mode is Mode.AUTO)):
+            if on and due is not None and due > now:
+                self.timers[name] = due  # wake when the mains loss counts as a failure
+            else:
+                self.timers.pop(name, None)
         # Chatter: too many start sequences in the last hour.
         recent = self._recent_starts(now)
         chatter = len(recent) >= s.max_starts_per_hour
@@ -795,5 +882,6 @@ class Controller:
             # mains if mains came back during warm-up (a cold genset is never loaded then).
             "transfer": self.s.has_transfer_output and self._load_wanted() and (
                 st is State.ON_GENERATOR or (st is State.MAINS_RETURNING and self.outputs["transfer"])),
-            "alarm": st is State.LOCKOUT or (self.s.alarm_output_on_unacked and self.alarms.any_unacked()),
+            "alarm": st is State.LOCKOUT or self.alarms.is_active("mains_failed_not_in_auto") or (
+                self.s.alarm_output_on_unacked and self.alarms.any_unacked()),
         }

@@ -42,7 +42,8 @@ MEANINGS: dict[str, str] = {
     "has_gen_sense": "The generator-output sense input is wired",
     "has_engine_running": "An engine-running input (oil pressure / D+) is wired: second crank-disconnect signal",
     "has_preheat": "A glow-plug relay is wired",
-    "mains_fail_delay_s": "Mains must stay off this long before anything starts (rides through flickers)",
+    "mains_fail_delay_s": "Mains must stay off this long before anything starts, or before a cooling-down "
+                          "generator takes the load back (rides through flickers)",
     "start_delay_s": "Wait after the mains failure is confirmed, before the first attempt; 0 when the UPS is critical",
     "crank_time_s": f"Longest single crank (crank profile); never more than {CRANK_TIME_HARD_CAP_S:g} s whatever the config says",
     "crank_rest_s": f"Rest between attempts (at least starter_lockout_s, and at least {CRANK_REST_MIN_S:g} s)",
@@ -61,13 +62,19 @@ MEANINGS: dict[str, str] = {
     "max_run_alarm_s": "max_run_exceeded alarm when one run is longer (alarm only: the genset keeps running)",
     "gen_lost_confirm_s": "The running signal must stay gone this long before the generator counts as "
                           "failed; an e-stop seen meanwhile is reported as the e-stop",
+    "ats_transfer_delay_s": "`confirm: ups_input` only: the automatic transfer switch's own delay before it "
+                            "moves the load to the generator. The UPS on battery this long after mains fails "
+                            "(plus gen_lost_confirm_s) is not yet a failed generator",
     "starter_lockout_s": "No crank this soon after the last crank disconnect, failed attempt or stop "
                          "(the engine may still turn)",
-    "max_starts_per_hour": "Start sequences per rolling hour; reaching it raises mains_chatter, and a "
-                           "further start waits until the oldest is an hour old",
+    "max_starts_per_hour": "Start sequences per rolling hour (kept across restarts); reaching it raises "
+                           "mains_chatter, and a further start waits until the oldest is an hour old, unless "
+                           "the UPS cannot wait (runtime at ups_critical_runtime_s)",
     "chatter_hold_s": "After mains_chatter, the return delay is at least this long",
     "low_fuel_shutdown": "Low fuel stops the genset and locks out (otherwise only an alarm)",
     "service_interval_h": "Run hours between services: service_due alarm (cleared by `service_done`)",
+    "ups_expected_runtime_s": "Battery time to expect when the UPS link gives no runtime: a start deferred "
+                              "by max_starts_per_hour yields when what is left of it reaches ups_critical_runtime_s",
     "ups_critical_runtime_s": "On battery with less runtime than this (or low battery): start at once, skip warm-up",
     "runtime_margin_s": "Servers are told to shut down (FSD) when the UPS runtime on battery falls under "
                         "this (+ fsd_lead_s)",
@@ -101,6 +108,7 @@ CONFIG_KEYS: dict[str, str] = {
     "sensor_disagree_s": "generator.sensor_disagree_s",
     "alarm_output_on_unacked": "generator.alarm_output_on_unacked",
     "ups_critical_runtime_s": "ups.critical_runtime_s",
+    "ups_expected_runtime_s": "ups.nominal_runtime_s",
     "runtime_margin_s": "shutdown.runtime_margin_s",
     "fsd_lead_s": "2 × ups.poll_interval_s",
     "fsd_on_low_battery": "shutdown.on_low_battery",
@@ -109,7 +117,7 @@ CONFIG_KEYS: dict[str, str] = {
 TIMER_FIELDS = ("mains_fail_delay_s", "start_delay_s", "crank_time_s", "crank_rest_s", "crank_attempts",
                 "preheat_s", "safety_on_delay_s", "warm_up_s", "gen_ready_timeout_s", "assumed_start_s",
                 "mains_return_delay_s", "cool_down_s", "fail_to_stop_s", "min_run_s", "max_run_alarm_s",
-                "starter_lockout_s", "gen_lost_confirm_s")
+                "starter_lockout_s", "gen_lost_confirm_s", "ats_transfer_delay_s")
 
 
 def config_key(name: str) -> str:

@@ -67,6 +67,9 @@ ALARMS: dict[str, str] = {
     "e_stop": "Emergency stop pressed (lockout until released and acknowledged)",
     "low_fuel": "Low fuel switch active",
     "gen_not_in_auto": "Genset controller is not in auto/remote: it will ignore the start signal",
+    "not_in_auto": "This controller is not in AUTO (MANUAL or OFF): a mains failure will not start the generator",
+    "mains_failed_not_in_auto": "Mains has failed while the controller is not in AUTO: nothing starts the "
+                                "generator (alarm output held on until AUTO or mains back)",
     "ups_link_lost": "No reply from the UPS",
     "ups_on_battery": "UPS is running the load from its battery",
     "ups_low_battery": "UPS reports low battery",
@@ -80,7 +83,8 @@ ALARMS: dict[str, str] = {
     "clock_unsynced": "System clock is not synchronised: calendar exercise suspended",
     "watchdog_reset": "The Pi was reset by its hardware watchdog",
     "broker_unreachable": "MQTT broker unreachable (events kept in the outbox)",
-    "central_service_unreachable": "Central coordinator is offline",
+    "coordinator_unreachable": "The central coordinator says it is offline (its retained status on the broker)",
+    "service_unreachable": "A probed service (site config services:) does not answer; which one: state/services",
     "storage_failed": "The SD card/store cannot be written: controlling on, journal held in memory",
 }
 # Alarms that force LOCKOUT: every output off until acknowledged (and the condition gone).
@@ -88,7 +92,8 @@ LOCKOUT_ALARMS = frozenset({"fail_to_start", "gen_failed_while_running", "e_stop
 # Alarms raised and cleared by other components (not decided here); they arrive as
 # ``ExternalAlarm`` events. The controller owns their record so everything is published alike.
 EXTERNAL_ALARMS = frozenset(
-    {"ups_link_lost", "watchdog_reset", "broker_unreachable", "central_service_unreachable", "storage_failed"}
+    {"ups_link_lost", "watchdog_reset", "broker_unreachable", "coordinator_unreachable", "service_unreachable",
+     "storage_failed"}
 )
 
 
@@ -130,11 +135,13 @@ class Settings:
     max_run_alarm_s: float = 43200.0
     starter_lockout_s: float = 5.0
     gen_lost_confirm_s: float = 1.0  # running signal gone this long = failed (an e-stop edge wins meanwhile)
+    ats_transfer_delay_s: float = 10.0  # ups_input: the automatic transfer switch's own delay to the generator
     max_starts_per_hour: int = 6
     chatter_hold_s: float = 1800.0  # after chatter, mains must be stable this long to stop
     low_fuel_shutdown: bool = False
     service_interval_h: float = 250.0
     ups_critical_runtime_s: float = 900.0  # below this on battery: start now, skip warm-up (keep above runtime_margin_s)
+    ups_expected_runtime_s: float = 1800.0  # battery time to expect when the UPS link gives no runtime
     runtime_margin_s: float = 600.0  # FSD when the UPS runtime falls under this (plus lead)
     fsd_lead_s: float = 2.0  # extra, normally two UPS poll intervals, so the margin still holds
     fsd_on_low_battery: bool = True
@@ -277,8 +284,10 @@ _NOT_LOCKOUT = tuple(s for s in State if s is not State.LOCKOUT)
 RULES: tuple[Rule, ...] = (
     Rule("mains_lost", (State.MAINS_OK,), State.MAINS_FAILING,
          "AUTO and the mains sense goes off: mains_fail_delay starts"),
-    Rule("mains_back_early", (State.MAINS_FAILING,) + START_SEQUENCE, State.MAINS_OK,
-         "mains back before the generator ran (start abandoned, no cool-down needed)"),
+    Rule("mains_back_early", (State.MAINS_FAILING, State.START_DELAY), State.MAINS_OK,
+         "mains back before the start command (within mains_fail_delay_s or start_delay_s): nothing was "
+         "started. Once the start command is given, the engine is brought up and a return is handled by "
+         "the return delay"),
     Rule("mains_fail_confirmed", (State.MAINS_FAILING,), State.START_DELAY,
          "mains_fail_delay elapsed (start_delay is 0 when the UPS is critical)"),
     Rule("run_requested", (State.MAINS_OK,), State.START_DELAY,
@@ -314,7 +323,8 @@ RULES: tuple[Rule, ...] = (
     Rule("run_finished", (State.WARMING_UP, State.ON_GENERATOR), State.COOLING_DOWN,
          "test or exercise finished, or stopped by the operator (test_stop, or stop in MANUAL)"),
     Rule("mains_failed_again", (State.COOLING_DOWN, State.STOPPING), State.ON_GENERATOR,
-         "mains failed while cooling down or stopping and the engine still runs: load back on"),
+         "mains off for mains_fail_delay_s while cooling down or stopping and the engine still runs: "
+         "load back on (a shorter flicker moves nothing)"),
     Rule("cooled_down", (State.COOLING_DOWN,), State.STOPPING,
          "cool_down_s elapsed (or the engine stopped within safety_on_delay_s): run contact opens"),
     Rule("stopped", (State.STOPPING,), State.MAINS_OK, "engine stopped (fail_to_stop alarm if it takes "
@@ -327,7 +337,8 @@ RULES: tuple[Rule, ...] = (
     Rule("lockout_cleared", (State.LOCKOUT,), State.MAINS_OK,
          "every lockout alarm acknowledged and its condition gone (e-stop released)"),
     Rule("start_cancelled", (State.MAINS_FAILING,) + START_SEQUENCE, State.MAINS_OK,
-         "mode set to MANUAL/OFF before cranking, or the test/manual start was stopped"),
+         "mode set to MANUAL/OFF on site before cranking, or the test/manual start was stopped "
+         "(a remote command never sets MANUAL/OFF)"),
     Rule("auto_resumed", (State.ON_GENERATOR, State.WARMING_UP), State.MAINS_RETURNING,
          "mode set back to AUTO during a manual run with mains present: normal return and stop"),
 )

@@ -5,7 +5,10 @@ give either a valid request or a refusal with its reason (tests/mqtt/test_mqtt_c
 random bytes and random JSON at it). What the agent then does (agent/mqtt/link.py):
 
 1. refuse oversized (> 4 KiB), non-JSON, malformed requests, names off the allow-list
-   (``wire.COMMANDS``) and unexpected arguments;
+   (``wire.COMMANDS``) and unexpected arguments; refuse ``set_mode`` to anything but AUTO
+   (``not_allowed``): MANUAL and OFF switch automatic start off, and that is decided on site
+   (console, ``siaga ctl``), never by one coordinator credential for a whole fleet. The
+   controller refuses it too (``source="mqtt"``), so no other path can slip it through;
 2. refuse an id already executed (``duplicate``, with the first result when known);
 3. refuse a request whose payload ``expires_at`` has passed, checked only while the wall clock
    is synced (a Pi without RTC may boot days behind: never refuse, or accept, on such a clock);
@@ -49,6 +52,10 @@ ARGS: dict[str, dict[str, tuple[type, ...]]] = {
 # Remote: the quick test only. A deep test runs the battery down to low (Megatec TL) or
 # recalibrates it (APC D): a technician on site decides that (`siaga ctl ups test deep`).
 UPS_TESTS = {"quick": "test.battery.start.quick"}
+# Remote: set_mode AUTO only (docs/mqtt.md, "Commands"). Central may put a site back in AUTO.
+REMOTE_MODES = ("AUTO",)
+REMOTE_MODE_REFUSAL = ("set_mode: only AUTO can be set remotely; MANUAL and OFF switch automatic start off "
+                       "and are set on site (console or siaga ctl)")
 KEEP_IDS = 10_000  # command ids remembered (far more than a week of commands)
 COMMAND_TIMEOUT_S = 10.0  # for the controller's answer
 
@@ -108,6 +115,8 @@ def parse(payload: bytes) -> Parsed:
     problem = check_args(req.name, req.args)
     if problem:
         return _refuse("malformed", problem, req.id, req.name)
+    if req.name == "set_mode" and str(req.args.get("mode", "")).upper() not in REMOTE_MODES:
+        return _refuse("not_allowed", REMOTE_MODE_REFUSAL, req.id, req.name)
     return Parsed(req, cmd_id=req.id, name=req.name)
 
 

@@ -88,6 +88,21 @@ def test_refusals(payload: bytes, code: str, cmd_id) -> None:
     assert p.request is None and (p.code, p.cmd_id) == (code, cmd_id), p
 
 
+@pytest.mark.parametrize("mode", ["OFF", "MANUAL", "manual", "off", "TURBO", ""])
+def test_remote_set_mode_away_from_auto_is_not_allowed(mode: str) -> None:
+    """Issue 10, fix 12: one coordinator credential must not switch automatic start off."""
+    p = parse(json.dumps({"id": "c", "name": "set_mode", "args": {"mode": mode}}).encode())
+    assert p.request is None and p.code == "not_allowed" and p.cmd_id == "c"
+    assert "only AUTO" in p.message and "on site" in p.message
+    assert parse(b'{"id":"c","name":"set_mode","args":{}}').code == "not_allowed"
+
+
+def test_remote_set_mode_auto_is_allowed() -> None:
+    for mode in ("AUTO", "auto"):
+        p = parse(json.dumps({"id": "c", "name": "set_mode", "args": {"mode": mode}}).encode())
+        assert p.request is not None and p.request.args == {"mode": mode}
+
+
 def test_every_allowed_command_has_its_arguments_listed() -> None:
     assert set(ARGS) == set(wire.COMMANDS)
 

@@ -251,7 +251,7 @@ def test_tls_client_certificate_password_and_the_production_acl(tmp_path, rig_fa
         sub.wait(lambda ms: any(m.topic == wire.status_topic(SITE) and m.json()["online"] for m in ms))
         rig.core.post(Record("over_tls", {}))
         sub.wait(lambda ms: any(e["name"] == "over_tls" for e in events(ms)))
-        assert result(sub, command(sub, "set_mode", {"mode": "MANUAL"}))["ok"] is True
+        assert result(sub, command(sub, "set_mode", {"mode": "AUTO"}))["ok"] is True
         wait_outbox_empty(rig)
     finally:
         b.stop()
@@ -268,15 +268,15 @@ def test_allowed_command_runs_and_answers_with_correlation(broker, rig_factory, 
     rig = rig_factory(broker)
     wait_connected(rig)
     sub = sub_factory(broker, [f"siaga/{SITE}/res/#", f"siaga/{SITE}/state/#"])
-    cmd_id = command(sub, "set_mode", {"mode": "manual"})
+    cmd_id = command(sub, "set_mode", {"mode": "auto"})  # remote: AUTO only (docs/mqtt.md)
     r = result(sub, cmd_id)
     assert r["ok"] is True and r["code"] == "done" and r["id"] == cmd_id and r["correlation"] == cmd_id
     msg = sub.on(res(cmd_id))[0]
     assert msg.props.CorrelationData == cmd_id.encode()
-    assert rig.status()["mode"] == "MANUAL"
+    assert rig.status()["mode"] == "AUTO"
     rows = _commands_journal(rig)
     assert [(r.name, r.detail["id"], r.detail["ok"]) for r in rows] == [("set_mode", cmd_id, True)]
-    sub.wait(lambda ms: any(m.topic.endswith("state/generator") and m.json()["mode"] == "MANUAL" for m in ms))
+    sub.wait(lambda ms: any(m.topic.endswith("state/generator") and m.json()["mode"] == "AUTO" for m in ms))
 
 
 def test_response_topic_is_answered_too(broker, rig_factory, sub_factory):
@@ -313,8 +313,8 @@ def test_duplicate_delivered_twice_runs_once(broker, rig_factory, sub_factory):
     rig = rig_factory(broker)
     wait_connected(rig)
     sub = sub_factory(broker, [f"siaga/{SITE}/res/#"])
-    cmd_id = command(sub, "set_mode", {"mode": "OFF"})
-    command(sub, "set_mode", {"mode": "OFF"}, cmd_id=cmd_id)
+    cmd_id = command(sub, "set_mode", {"mode": "AUTO"})
+    command(sub, "set_mode", {"mode": "AUTO"}, cmd_id=cmd_id)
     result(sub, cmd_id, 2)
     got = {m.json()["code"]: m.json() for m in sub.on(res(cmd_id))}  # the duplicate may answer first
     assert set(got) == {"done", "duplicate"} and got["done"]["ok"] is True and got["duplicate"]["ok"] is False
@@ -324,7 +324,6 @@ def test_duplicate_delivered_twice_runs_once(broker, rig_factory, sub_factory):
     command(sub, "set_mode", {"mode": "AUTO"}, cmd_id=cmd_id)
     third = result(sub, cmd_id, 3)
     assert third["code"] == "duplicate" and "first result done" in third["message"]
-    assert rig.status()["mode"] == "OFF"
     assert [r.detail["id"] for r in _commands_journal(rig)] == [cmd_id]
     refused = [r for r in rig.journal() if r.name == "mqtt_command_refused"]
     assert [r.detail["code"] for r in refused] == ["duplicate", "duplicate"]
@@ -338,7 +337,7 @@ def test_expired_malformed_oversized_unknown_change_nothing(broker, rig_factory,
     seq0 = before["last_seq"]
     now = rig.wall.read().epoch_s
     cases = [
-        (command(sub, "set_mode", {"mode": "OFF"}, expires_at=now - 5), "expired"),
+        (command(sub, "set_mode", {"mode": "AUTO"}, expires_at=now - 5), "expired"),
         (command(sub, "set_mode", {"mode": "OFF", "force": True}), "malformed"),
         (command(sub, "test_start", {"duration_s": "600"}), "malformed"),
         (command(sub, "format_disk"), "not_allowed"),
@@ -370,13 +369,13 @@ def test_expired_in_the_broker_never_arrives(broker, rig_factory, sub_factory):
     wait_connected(rig)
     sub = sub_factory(broker, [f"siaga/{SITE}/res/#"])
     rig.link.stop()  # clean disconnect: the session (and its subscription) stays on the broker
-    sub.publish(CMD, json.dumps({"id": "short", "name": "set_mode", "args": {"mode": "OFF"}}).encode(), expiry_s=1)
-    sub.publish(CMD, json.dumps({"id": "long", "name": "set_mode", "args": {"mode": "MANUAL"}}).encode(), expiry_s=600)
+    sub.publish(CMD, json.dumps({"id": "short", "name": "set_mode", "args": {"mode": "AUTO"}}).encode(), expiry_s=1)
+    sub.publish(CMD, json.dumps({"id": "long", "name": "set_mode", "args": {"mode": "AUTO"}}).encode(), expiry_s=600)
     time.sleep(2.5)
     rig.start_link()
     assert result(sub, "long")["ok"] is True
     time.sleep(0.5)
-    assert sub.on(res("short")) == [] and rig.status()["mode"] == "MANUAL"
+    assert sub.on(res("short")) == [] and rig.status()["mode"] == "AUTO"
 
 
 def test_retained_command_is_never_executed(broker, rig_factory, sub_factory):
