@@ -18,7 +18,7 @@ from agent.control import amf_types
 from agent.config import amf_settings, load_config
 from agent.sim.plant import PlantParams
 from agent.nut.shutdown import ShutdownSequencer
-from agent.sim.simulate import Scenario, ScenarioEvent, Simulation, load_scenario
+from agent.sim.simulate import Scenario, ScenarioEvent, Simulation, load_scenario, verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 FW = ROOT / "firmware_config"
@@ -387,3 +387,84 @@ def test_random_day_of_mains_with_a_healthy_genset_never_drops_the_servers(sched
     assert not {"fail_to_start", "gen_failed_while_running"} & set(summary["alarms"])
     ts = [e["t_s"] for e in result["timeline"]]
     assert ts == sorted(ts)
+
+
+# ------------------------------------------------------- fix 7: the whole shutdown chain -----
+def test_fsd_then_power_returns_power_cycles_the_halted_servers_back():
+    """The power race: mains returns while the servers halt. Their upsmon has already acted, so
+    only the UPS's shutdown.return brings them back; the sequence goes on and they are RUNNING
+    at the end, FSD lifted before they boot (or they would halt again)."""
+    _, site, _, result = run_named("fsd-then-power-returns")
+    summary, sd = result["summary"], site.shutdown
+    back = first_t(result, "scenario", "mains_on")
+    assert summary["fsd_at_s"] < back < first_t(result, "plant", "servers_halted")
+    # the controller clears its FSD once power is stable; the sequence ends only after the cycle
+    assert first_t(result, "fsd", "fsd_off") >= back + site.shutdown.fsd_clear_after_s
+    assert first_t(result, "shutdown", "shutdown_complete") >= first_t(result, "fsd", "fsd_off")
+    halted = first_t(result, "plant", "servers_halted")
+    assert [c["at_s"] for c in summary["ups_shutdown_commands"]] == [halted]
+    cut = first_t(result, "plant", "ups_output_off")
+    assert cut == pytest.approx(halted + sd.ups_off_delay_s)
+    lifted = first_t(result, "shutdown", "shutdown_fsd_lifted")
+    booting = first_t(result, "plant", "servers_booting")
+    assert lifted < booting == pytest.approx(cut + sd.ups_return_delay_s)
+    assert summary["servers_state"] == "RUNNING" and summary["servers_hard_power_losses"] == 0
+    assert summary["servers_down_s"] == pytest.approx(booting - halted)
+    assert summary["mains_fail_to_gen_on_load_s"] == ["never came"]
+    assert summary["alarms"]["fail_to_start"] == "active"
+    assert summary["final_state"] == "LOCKOUT"
+    assert result["summary"]["battery_min_pct"] > 0
+    assert "they are RUNNING at the end" in verdict(summary) and "`ack` is needed" in verdict(summary)
+
+
+def test_without_the_shutdown_chain_the_halted_servers_would_stay_halted():
+    """What fix 7 fixed, kept visible: FSD handed straight to the servers (no sequencer, so no
+    UPS power cycle) leaves them HALTED for good once the power came back before the battery
+    was flat; the verdict then says so instead of "never lost power"."""
+    scn, site = load_scenario(str(SCENARIOS / "fsd-then-power-returns.yaml"))
+    summary = Simulation(scn, site).run()["summary"]
+    assert summary["servers_state"] == "HALTED" and summary["ups_shutdown_commands"] == []
+    assert summary["servers_down_s"] > 7000  # from the halt to the end of the run
+    assert verdict(summary).startswith("THE SERVERS ARE HALTED AT THE END")
+
+
+# ------------------------------------------------------- the national-outage week, scaled ----
+def test_three_day_outage_with_refuelling_keeps_the_servers_up():
+    scn, site, _, result = run_named("three-day-outage-refuelled")
+    summary = result["summary"]
+    off, on = first_t(result, "scenario", "mains_off"), first_t(result, "scenario", "mains_on")
+    assert on - off == 72 * 3600
+    assert summary["gen_start_attempts"] == 1 and not events(result, "plant", "gen_died")
+    assert summary["gen_run_s"] >= on - off
+    assert len(events(result, "plant", "gen_refuelled")) == 6
+    assert "low_fuel" not in summary["alarms"]  # topped up before the tank got low
+    assert summary["servers_down_s"] == 0 and summary["load_unpowered_s"] == 0 and summary["fsd_at_s"] is None
+    assert summary["servers_state"] == "RUNNING" and summary["final_state"] == "MAINS_OK"
+    assert verdict(summary) == "the servers never lost power"
+
+
+def test_three_day_outage_tank_dry_shuts_down_cleanly_then_comes_back_after_refuel_and_ack():
+    _, site, _, result = run_named("three-day-outage-tank-dry")
+    summary, sd = result["summary"], site.shutdown
+    (died,) = events(result, "plant", "gen_died")
+    assert died["detail"] == "out_of_fuel"
+    lockouts = [e["t_s"] for e in events(result, "controller", "LOCKOUT")]
+    assert lockouts == [died["t_s"] + site.generator.timers.gen_lost_confirm_s]
+    # on battery: a clean shutdown at the margin, then the UPS is told to cut and restore
+    assert died["t_s"] < summary["fsd_at_s"] and summary["fsd_ups_runtime_s"] >= sd.runtime_margin_s
+    halted = first_t(result, "plant", "servers_halted")
+    assert [c["at_s"] for c in summary["ups_shutdown_commands"]] == [halted]
+    assert summary["servers_hard_power_losses"] == 0 and summary["battery_min_pct"] > 0
+    # locked out until refuelled *and* acknowledged; then the generator carries the load again
+    refuel = [e["t_s"] for e in events(result, "scenario", "generator_refuel")]
+    (ack,) = events(result, "command", "ack")
+    assert ack["detail"]["ok"] and any(halted < t < ack["t_s"] for t in refuel)
+    assert not [e for e in events(result, "controller", "start_attempt") if lockouts[0] < e["t_s"] < ack["t_s"]]
+    again = [e["t_s"] for e in events(result, "plant", "ats_to_generator") if e["t_s"] > ack["t_s"]]
+    assert again and again[0] - ack["t_s"] < 60
+    booting = first_t(result, "plant", "servers_booting")
+    assert booting == pytest.approx(again[0] + sd.ups_return_delay_s)  # the UPS's return, on generator power
+    assert booting < first_t(result, "scenario", "mains_on")
+    assert summary["servers_down_s"] == pytest.approx(booting - halted)
+    assert summary["alarms"]["gen_failed_while_running"] == "cleared"  # acknowledged and gone
+    assert summary["servers_state"] == "RUNNING" and summary["final_state"] == "MAINS_OK"
