@@ -468,3 +468,135 @@ def test_three_day_outage_tank_dry_shuts_down_cleanly_then_comes_back_after_refu
     assert summary["servers_down_s"] == pytest.approx(booting - halted)
     assert summary["alarms"]["gen_failed_while_running"] == "cleared"  # acknowledged and gone
     assert summary["servers_state"] == "RUNNING" and summary["final_state"] == "MAINS_OK"
+
+
+# ------------------------------------------------------------- fix 8: what sites meet --------
+def scenario(tmp_path: Path, events_yaml: str, plant: str = "start_s: 5", duration_s: int = 14400,
+             overrides: str = "{}") -> Path:
+    return write(tmp_path, "s.yaml", f"""
+name: event-test
+config: {SITE}
+duration_s: {duration_s}
+overrides: {overrides}
+plant: {{capacity_s_at_load: 3600, shutdown_s: 180, boot_s: 240, {plant}}}
+events:
+{events_yaml}""")
+
+
+def test_ups_link_lost_and_restored_mid_outage(tmp_path):
+    """The serial cable is cut during an outage with a generator that will not start: the agent
+    notices after stale_after_failures polls, ages the last reading so FSD still comes in time,
+    cannot send the UPS its shutdown.return while the cable is cut, and sends it once repaired."""
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off"}
+  - {at_s: 700, ups_link: lost}
+  - {at_s: 5000, ups_link: restored}
+  - {at_s: 9000, mains: "on"}
+""", plant="fails_to_start: true")
+    _, site, sim, result = run_file(path)
+    summary = result["summary"]
+    lost = [e for e in events(result, "alarm", "ups_link_lost")]
+    assert lost[0]["t_s"] == pytest.approx(700 + site.ups.stale_after_failures * site.ups.poll_interval_s)
+    assert lost[0]["detail"]["status"] == "raised"
+    assert summary["fsd_at_s"] is not None and 700 < summary["fsd_at_s"] < 5000  # from the aged estimate
+    assert summary["fsd_ups_runtime_s"] >= site.shutdown.runtime_margin_s
+    failed = events(result, "shutdown", "shutdown_ups_command_failed")
+    assert failed and failed[0]["t_s"] < 5000 and "link is down" in failed[0]["detail"]["why"]
+    assert [c["at_s"] for c in summary["ups_shutdown_commands"]] and summary["ups_shutdown_commands"][0]["at_s"] >= 5000
+    assert any(e["detail"]["status"] == "cleared" and e["t_s"] >= 5000 for e in lost)
+    assert summary["servers_hard_power_losses"] == 0 and summary["servers_state"] == "RUNNING"
+
+
+def test_mains_sense_wire_fault_is_an_alarm_and_the_ups_still_shuts_down_cleanly(tmp_path):
+    """The mains-sense wire reads "on" through a real outage: the controller cannot know to
+    start, but the UPS disagrees, so mains_sensor_disagrees is raised, and FSD still halts the
+    servers before the battery is flat."""
+    path = scenario(tmp_path, """  - {at_s: 300, mains_sense: stuck_on}
+  - {at_s: 600, mains: "off"}
+  - {at_s: 8000, mains: "on"}
+  - {at_s: 8100, mains_sense: ok}
+""")
+    _, site, _, result = run_file(path)
+    summary = result["summary"]
+    raised = [e["t_s"] for e in events(result, "alarm", "mains_sensor_disagrees") if e["detail"]["status"] == "raised"]
+    assert raised and 600 < raised[0] <= 600 + site.generator.sensor_disagree_s + 2 * site.ups.poll_interval_s
+    assert summary["gen_start_attempts"] == 0
+    assert summary["mains_fail_to_gen_on_load_s"] == ["never came"]
+    assert summary["fsd_at_s"] is not None and summary["servers_hard_power_losses"] == 0
+    assert summary["servers_state"] == "RUNNING"
+    assert summary["alarms"]["mains_sensor_disagrees"].startswith("cleared")
+
+
+def test_ups_fault_mid_run_is_raised_and_cleared(tmp_path):
+    path = scenario(tmp_path, """  - {at_s: 600, ups_fault: true}
+  - {at_s: 900, ups_fault: false}
+""", duration_s=1200)
+    _, _, _, result = run_file(path)
+    fault = [(e["t_s"], e["detail"]["status"]) for e in events(result, "alarm", "ups_fault")]
+    assert [s for _, s in fault] == ["raised", "cleared"]
+    assert 600 <= fault[0][0] <= 602 and 900 <= fault[1][0] <= 902  # the next poll after the change
+
+
+def test_plant_parameters_change_mid_run(tmp_path):
+    """dies_at set mid-run kills the running generator then; fails_to_stop keeps it running
+    after the controller stops it, which is the fail_to_stop alarm."""
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off"}
+  - {at_s: 1000, plant: {dies_at: 1500}}
+  - {at_s: 1600, command: ack}
+  - {at_s: 2000, plant: {fails_to_stop: true}}
+  - {at_s: 3000, mains: "on"}
+""", overrides="{generator: {timers: {min_run_s: 0}}}")
+    _, site, _, result = run_file(path)
+    summary = result["summary"]
+    (died,) = events(result, "plant", "gen_died")
+    assert died["t_s"] == 1500 and died["detail"] == "dies_at"
+    assert "gen_failed_while_running" in summary["alarms"]
+    assert len(events(result, "plant", "ats_to_generator")) == 2  # started again after the ack
+    stop = first_t(result, "controller", "STOPPING")
+    raised = [e["t_s"] for e in events(result, "alarm", "fail_to_stop") if e["detail"]["status"] == "raised"]
+    assert raised == [pytest.approx(stop + site.generator.timers.fail_to_stop_s)]
+    assert not events(result, "plant", "gen_stopped")
+    assert summary["servers_hard_power_losses"] == 0
+
+
+def test_bad_plant_event_is_reported_at_its_line(tmp_path):
+    path = scenario(tmp_path, """  - {at_s: 600, plant: {fuel_h: 3}}
+""")
+    p = siaga("simulate", str(path))
+    assert p.returncode == 1 and "Traceback" not in p.stdout + p.stderr
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+: events\[0\]\.plant: plant parameter\(s\) fuel_h cannot change mid-run.*",
+                        p.stdout.strip())
+
+
+def test_agent_restart_on_generator_keeps_the_load_on_and_resumes(tmp_path):
+    """The process dies while the generator carries the load and comes back on the same store:
+    the relay lines held their level, the controller resumes ON_GENERATOR, nothing restarts."""
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off"}
+  - {at_s: 1200, agent: stop}
+  - {at_s: 1260, agent: start}
+  - {at_s: 2000, agent: restart}
+  - {at_s: 5000, mains: "on"}
+""")
+    _, _, sim, result = run_file(path)
+    summary = result["summary"]
+    boots = [e for e in events(result, "agent", "boot")]
+    assert [e["t_s"] for e in boots] == [0, 1260, 2000] and [e["detail"]["boot"] for e in boots] == [1, 2, 3]
+    resumed = [e["detail"]["state"] for e in events(result, "controller", "resumed")]
+    assert resumed[1:] == ["ON_GENERATOR", "ON_GENERATOR"]
+    assert summary["gen_start_attempts"] == 1 and len(events(result, "plant", "ats_to_generator")) == 1
+    assert not events(result, "plant", "gen_stopping") or first_t(result, "plant", "gen_stopping") > 5000
+    assert summary["load_unpowered_s"] == 0 and summary["final_state"] == "MAINS_OK"
+
+
+def test_agent_restart_after_the_ups_command_does_not_send_it_again(tmp_path):
+    """Killed after telling the UPS shutdown.return, the agent comes back still in FSD: the
+    stored sequence state says the command went, so the UPS is not cut a second time."""
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off"}
+  - {at_s: 4000, agent: restart}
+  - {at_s: 9000, mains: "on"}
+""", plant="fails_to_start: true")
+    _, _, _, result = run_file(path)
+    summary = result["summary"]
+    assert summary["ups_shutdown_commands"] and summary["ups_shutdown_commands"][0]["at_s"] < 4000
+    assert len(summary["ups_shutdown_commands"]) == 1
+    assert first_t(result, "shutdown", "shutdown_ups_already_commanded") == 4000
+    assert summary["servers_state"] == "RUNNING" and summary["servers_hard_power_losses"] == 0
