@@ -302,7 +302,7 @@ class Controller:
             if not u.on_battery:
                 return "", None
             at = None if self.ups_lost_at is None else now + u.runtime_s - crit  # aged estimate
-            if u.runtime_s <= crit or (at is not None and at <= now):
+            if u.runtime_s <= crit + 1e-6 or (at is not None and at <= now + 1e-6):  # (float slack: no spin)
                 return f"UPS runtime {u.runtime_s:.0f} s <= critical {crit:.0f} s", None
             return "", at
         if self.mains_out_since is None or (u is not None and not u.on_battery and self.ups_lost_at is None):
