@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--timeout", type=float, default=3.0, metavar="S", help="give up after this long (default 3 s)")
     usub.add_parser("sim", help="a UPS simulator on a pty (see --help)", add_help=False)
 
-    k = sub.add_parser("ctl", help="talk to a running agent (same language as the serial console)")
+    from agent.ctl import help_listing
+
+    k = sub.add_parser("ctl", help="talk to a running agent (same language as the serial console)",
+                       epilog=help_listing(), formatter_class=argparse.RawDescriptionHelpFormatter)
     k.add_argument("--socket", default=None, metavar="PATH", help="default: console.ctl_socket of --config, else /run/siaga/ctl.sock")
     k.add_argument("--config", default=None, metavar="FILE")
     # REMAINDER: the command's own flags (status --json, ups shutdown-return --yes) are its words
@@ -40,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     nsub = n.add_subparsers(dest="nut_cmd", required=True, metavar="NUT_COMMAND")
     nsub.add_parser("hash-password", help="read a NUT user's password (stdin, or a prompt) and "
                     "print the password_hash line for nut.users in the site config")
+
+    z = sub.add_parser("central", help="run the central coordinator (fleet, incidents, advisories, JSON API)")
+    z.add_argument("--config", required=True, metavar="FILE")
+    z.add_argument("--log-level", default="INFO")
 
     w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
     w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
@@ -81,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         from agent.mqtt.provision import main as provision_main
 
         return provision_main(args)
+    if args.cmd == "central":
+        from central.main import main as central_main
+
+        return central_main(args.config, args.log_level)
     if args.cmd == "wire-schema":
         from agent.wire import schema_main
 

@@ -1,0 +1,201 @@
+"""The JSON API of the coordinator (FastAPI; the OpenAPI document at ``/openapi.json``) and the
+Prometheus ``/metrics``.
+
+No accounts yet (they come with the dashboard): the server binds to loopback only
+(``ApiConfig`` refuses anything else) and every write names its operator in the body.
+
+Reads come from the coordinator's :attr:`~central.service.coordinator.Coordinator.snapshot`
+(rebuilt every tick) and from a read-only store (history); writes run on the coordinator's owner
+thread through :meth:`~central.service.coordinator.Coordinator.call`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent import wire
+from central.rules import commands as cmd_rules
+from central.rules import incidents as inc_rules
+from central.service.coordinator import Coordinator
+from central.store import Store
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AckBody(_Body):
+    operator: str = Field(min_length=1, max_length=128)
+    note: str = Field("", max_length=2000)
+
+
+class ConfirmBody(_Body):
+    operator: str = Field(min_length=1, max_length=128)
+
+
+class CloseBody(_Body):
+    operator: str = Field(min_length=1, max_length=128)
+    note: str = Field(min_length=1, max_length=2000)
+
+
+class CommandBody(_Body):
+    sites: list[str] = Field(min_length=1, max_length=1000)
+    name: str
+    args: dict[str, wire.ArgValue] = Field(default_factory=dict)
+    operator: str = Field(min_length=1, max_length=128)
+    reason: str = Field(min_length=1, max_length=2000)
+    expiry_s: float | None = Field(None, gt=0, le=86400)
+    confirm: bool = False
+
+
+def make_app(coord: Coordinator, store_path: str) -> FastAPI:
+    app = FastAPI(title="Siaga central coordinator", version="0.1.0",
+                  description="Fleet, offices, timelines, alarms, incidents, advisories and commands. "
+                              "Bound to loopback only until accounts exist.",
+                  docs_url=None, redoc_url=None)  # the interactive docs load assets from a CDN
+    lock = threading.Lock()
+    ro: dict[str, Store] = {}
+
+    def store() -> Store:
+        if "s" not in ro:
+            ro["s"] = Store(store_path, readonly=True)
+        return ro["s"]
+
+    def read(fn):
+        with lock:
+            return fn(store())
+
+    def write(fn) -> Any:
+        try:
+            return coord.call(fn)
+        except KeyError as e:
+            raise HTTPException(404, str(e.args[0] if e.args else e)) from None
+        except cmd_rules.CommandRefused as e:
+            raise HTTPException(e.status, str(e)) from None
+        except ValueError as e:
+            raise HTTPException(409, str(e)) from None
+
+    def office(site: str) -> dict:
+        v = coord.snapshot["offices"].get(site)
+        if v is None:
+            raise HTTPException(404, f"unknown office {site!r}")
+        return v
+
+    @app.get("/api/health")
+    def health() -> dict:
+        snap = coord.snapshot
+        return {"ok": True, "broker_connected": snap["connected"], "built_at": snap["built_at"],
+                "bind": "loopback only: no accounts yet"}
+
+    @app.get("/api/fleet")
+    def fleet(region: str | None = None) -> dict:
+        snap = coord.snapshot
+        offices = [v for v in snap["offices"].values() if region is None or v["region"] == region]
+        offices.sort(key=lambda v: (v["time_to_dark_s"] is None, v["time_to_dark_s"] or 0, v["site"]))
+        return {"built_at": snap["built_at"], "offices": offices,
+                "open_incidents": len(snap["incidents"]),
+                "active_alarms": sum(1 for a in snap["alarms"] if a["active"])}
+
+    @app.get("/api/offices/{site}")
+    def office_detail(site: str) -> dict:
+        v = office(site)
+        snap = coord.snapshot
+        return v | {"alarms": [a for a in snap["alarms"] if a["site"] == site],
+                    "advisory": snap["advisories"].get(site),
+                    "gaps": read(lambda s: s.gaps(site))}
+
+    @app.get("/api/offices/{site}/timeline")
+    def timeline(site: str, limit: int = Query(200, ge=1, le=10000), after_seq: int | None = None) -> dict:
+        office(site)
+        events, gaps = read(lambda s: (s.timeline(site, limit, after_seq), s.gaps(site)))
+        return {"site": site, "events": events, "gaps": gaps, "ack": office(site)["ack"]}
+
+    @app.get("/api/offices/{site}/history")
+    def history(site: str, hours: float = Query(24.0, gt=0, le=24 * 90)) -> dict:
+        office(site)
+        now = coord.clock()
+        return {"site": site, "points": read(lambda s: s.telemetry(site, now - hours * 3600))}
+
+    @app.get("/api/alarms")
+    def alarms(active: bool | None = None, site: str | None = None) -> dict:
+        out = [a for a in coord.snapshot["alarms"]
+               if (active is None or a["active"] == active) and (site is None or a["site"] == site)]
+        return {"alarms": out}
+
+    @app.post("/api/alarms/{site}/{kind}/ack")
+    def ack(site: str, kind: str, body: AckBody) -> dict:
+        return write(lambda: coord.ack_alarm(site, kind, body.operator, body.note))
+
+    @app.get("/api/incidents")
+    def incidents(open: bool = False) -> dict:
+        if open:
+            return {"incidents": coord.snapshot["incidents"]}
+        return {"incidents": read(lambda s: s.incidents())}
+
+    @app.get("/api/incidents/{iid}")
+    def incident(iid: str) -> dict:
+        inc = read(lambda s: s.incident(iid))
+        if inc is None:
+            raise HTTPException(404, f"no incident {iid!r}")
+        end = inc["closed_at"] or coord.clock()
+        events = read(lambda s: s.events_between(inc["members"], inc["opened_at"] - 3600, end + 3600))
+        return inc | {"after_action": inc_rules.after_action(events)}
+
+    @app.post("/api/incidents/{iid}/confirm")
+    def confirm(iid: str, body: ConfirmBody) -> dict:
+        return write(lambda: coord.confirm_incident(iid, body.operator))
+
+    @app.post("/api/incidents/{iid}/close")
+    def close(iid: str, body: CloseBody) -> dict:
+        return write(lambda: coord.close_incident(iid, body.operator, body.note))
+
+    @app.get("/api/advisories")
+    def advisories_all() -> dict:
+        snap = coord.snapshot
+        return {"advisories": snap["advisories"], "national": snap["national"]}
+
+    @app.get("/api/advisories/{site}")
+    def advisory(site: str) -> dict:
+        adv = coord.snapshot["advisories"].get(site)
+        if adv is None:
+            raise HTTPException(404, f"unknown office {site!r}")
+        return adv
+
+    @app.post("/api/commands", status_code=201)
+    def send(body: CommandBody) -> dict:
+        req = cmd_rules.Request(sites=tuple(body.sites), name=body.name, args=body.args, operator=body.operator,
+                                reason=body.reason, expiry_s=body.expiry_s or coord.cfg.commands.default_expiry_s,
+                                confirm=body.confirm)
+        return {"commands": write(lambda: coord.send_command(req))}
+
+    @app.get("/api/commands")
+    def commands(limit: int = Query(200, ge=1, le=5000)) -> dict:
+        return {"commands": read(lambda s: s.commands(limit))}
+
+    @app.get("/api/commands/{cid}")
+    def command(cid: str) -> dict:
+        c = read(lambda s: s.command(cid))
+        if c is None:
+            raise HTTPException(404, f"no command {cid!r}")
+        return c
+
+    @app.get("/api/notifications")
+    def notifications(limit: int = Query(200, ge=1, le=5000)) -> dict:
+        return {"notifications": read(lambda s: s.notifications(limit))}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        coord.metrics.queue.set(coord.q.qsize())
+        return Response(generate_latest(coord.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(TimeoutError)
+    def _busy(request, exc) -> JSONResponse:
+        return JSONResponse({"detail": "the coordinator is busy; try again"}, status_code=503)
+
+    return app

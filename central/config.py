@@ -1,0 +1,350 @@
+"""The coordinator's config (``siaga central --config FILE``) and the office registry.
+
+Pydantic models forbidding unknown keys, units in names (``_s``, ``_pct``), loaded from YAML with
+YAML 1.2 booleans and duplicate keys refused. Problems read ``FILE:LINE: path: message``, as the
+agent's site config does (``agent/config.py``; a small local equivalent of its loader, because
+``agent.config`` builds on the agent's controller and ``central`` may import only ``agent.wire``).
+
+The registry (a second YAML file named by ``registry:``) lists every office the coordinator
+accepts: id, name, region, address, coordinates and the services it offers. What an office
+announces in ``meta`` fills in what the registry leaves out (never the other way round).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent import wire
+from central.rules.settings import Office, Rules, ServiceDef
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Central config
+# ---------------------------------------------------------------------------------------------
+class TlsConfig(_Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class MqttConfig(_Model):
+    host: str = Field("localhost", min_length=1)
+    port: int = Field(8883, ge=1, le=65535)
+    tls: TlsConfig | None = None
+    username: str | None = "central"
+    password_file: str | None = None
+    client_id: str = Field("siaga-central", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    keepalive_s: float = Field(30.0, gt=0)
+    session_expiry_s: float = Field(7 * 86400.0, ge=0)  # the broker queues for us this long
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)  # larger: dropped, counted (oversized)
+
+
+class StoreConfig(_Model):
+    path: str = "var/central.db"
+
+
+class ApiConfig(_Model):
+    """The JSON API binds to loopback only until accounts exist (the dashboard issue)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        try:
+            ok = v == "localhost" or ipaddress.ip_address(v).is_loopback
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("the API has no accounts yet, so it binds to loopback only "
+                             "(127.0.0.1, ::1 or localhost)")
+        return v
+
+
+class RegionalRule(_Model):
+    min_offices: int = Field(2, ge=1)
+    min_pct: float = Field(50.0, gt=0, le=100)
+    window_s: float = Field(300.0, gt=0)
+
+
+class NationalRule(_Model):
+    min_offices: int = Field(2, ge=1)
+    min_regions: int = Field(2, ge=1)
+    window_s: float = Field(300.0, gt=0)
+
+
+class RulesConfig(_Model):
+    heartbeat_timeout_s: float = Field(180.0, gt=0)
+    fsd_margin_s: float = Field(600.0, ge=0)
+    fuel_low_reserve_s: float = Field(3600.0, ge=0)
+    late_after_s: float = Field(300.0, gt=0)
+    gap_accept_s: float = Field(3600.0, gt=0)
+    regional: RegionalRule = Field(default_factory=RegionalRule)
+    national: NationalRule = Field(default_factory=NationalRule)
+    hold_down_s: float = Field(300.0, ge=0)
+    group_wait_s: float = Field(30.0, ge=0)
+    advisory_ttl_s: float = Field(900.0, gt=0)
+    advisory_nearest: int = Field(3, ge=1, le=20)
+
+
+class CommandsConfig(_Model):
+    default_expiry_s: float = Field(120.0, gt=0, le=86400)
+    max_offices: int = Field(20, ge=1)  # a command to more offices is refused
+
+
+class TelemetryConfig(_Model):
+    raw_retention_h: float = Field(48.0, gt=0)
+
+
+class CentralConfig(_Model):
+    registry: str  # the office registry YAML (relative to this file)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    commands: CommandsConfig = Field(default_factory=CommandsConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    tick_s: float = Field(1.0, gt=0, le=60)  # how often the rules run
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+class ServiceEntry(_Model):
+    label: str = Field(min_length=1)
+    requires: list[Literal["power", "local", "national"]] = Field(default_factory=lambda: ["power", "local"])
+
+
+class OfficeEntry(_Model):
+    id: str = Field(pattern=wire.SITE_ID_PATTERN)
+    name: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+    address: str = ""
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    services: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _both_coordinates(self) -> OfficeEntry:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("give both latitude and longitude, or neither (then meta's are used)")
+        return self
+
+
+class Registry(_Model):
+    services: dict[str, ServiceEntry]
+    offices: list[OfficeEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Registry:
+        seen: set[str] = set()
+        for i, o in enumerate(self.offices):
+            if o.id in seen:
+                raise ValueError(f"offices[{i}]: office id {o.id!r} is listed twice")
+            seen.add(o.id)
+            for s in o.services:
+                if s not in self.services:
+                    near = difflib.get_close_matches(s, list(self.services), n=1)
+                    raise ValueError(f"offices[{i}] ({o.id}): service {s!r} is not under services:"
+                                     + (f"; did you mean {near[0]!r}?" if near else ""))
+        return self
+
+    def offices_by_site(self) -> dict[str, Office]:
+        return {o.id: Office(site=o.id, name=o.name, region=o.region, latitude=o.latitude,
+                             longitude=o.longitude, services=tuple(o.services), address=o.address)
+                for o in self.offices}
+
+
+def merge_meta(office: Office, meta: wire.Meta | None) -> Office:
+    """The registry wins; ``meta`` fills in coordinates the registry leaves out."""
+    if meta is None or office.latitude is not None or meta.coordinates is None:
+        return office
+    return Office(site=office.site, name=office.name, region=office.region,
+                  latitude=meta.coordinates.latitude, longitude=meta.coordinates.longitude,
+                  services=office.services, address=office.address)
+
+
+def rules_of(cfg: CentralConfig, registry: Registry) -> Rules:
+    r = cfg.rules
+    return Rules(
+        heartbeat_timeout_s=r.heartbeat_timeout_s, fsd_margin_s=r.fsd_margin_s,
+        fuel_low_reserve_s=r.fuel_low_reserve_s, late_after_s=r.late_after_s, gap_accept_s=r.gap_accept_s,
+        regional_min_offices=r.regional.min_offices, regional_min_pct=r.regional.min_pct,
+        regional_window_s=r.regional.window_s, national_min_offices=r.national.min_offices,
+        national_min_regions=r.national.min_regions, national_window_s=r.national.window_s,
+        hold_down_s=r.hold_down_s, group_wait_s=r.group_wait_s, advisory_ttl_s=r.advisory_ttl_s,
+        advisory_nearest=r.advisory_nearest,
+        services={n: ServiceDef(n, s.label, tuple(s.requires)) for n, s in registry.services.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with line numbers (``FILE:LINE: path: message``)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    line: int | None
+    message: str
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], source: str) -> None:
+        self.problems, self.source = list(problems), source
+        super().__init__(self.problems)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.source}{'' if p.line is None else f':{p.line}'}: "
+                         f"{p.path + ': ' if p.path else ''}{p.message}" for p in self.problems)
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false (``NO`` stays a string)."""
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {ch: [(t, rx) for t, rx in rs if t != _BOOL]
+                                   for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _dotted(loc: tuple) -> str:
+    return "".join(f"[{s}]" if isinstance(s, int) or str(s).isdigit() else f".{s}" for s in loc).lstrip(".")
+
+
+def _index(node, loc: tuple, lines: dict, dups: list[Problem], seen: set) -> None:
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode):
+                continue
+            sub, line = loc + (key.value,), key.start_mark.line + 1
+            if key.value in first:
+                dups.append(Problem(_dotted(sub), line, f"duplicate key {key.value!r} (first on line {first[key.value]})"))
+                continue
+            first[key.value] = lines[sub] = line
+            _index(value, sub, lines, dups, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[loc + (str(i),)] = item.start_mark.line + 1
+            _index(item, loc + (str(i),), lines, dups, seen)
+
+
+def _line(lines: dict, loc: tuple) -> int | None:
+    key = tuple(str(s) for s in loc)
+    while key:
+        if key in lines:
+            return lines[key]
+        key = key[:-1]
+    return None
+
+
+def _read(text: str, source: str) -> tuple[object, dict]:
+    lines: dict = {}
+    dups: list[Problem] = []
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None:
+                _index(node, (), lines, dups, set())
+            if dups:
+                raise ConfigError(dups, source)
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        msg = " ".join(s for s in (e.context, e.problem) if s)
+        raise ConfigError([Problem("", mark.line + 1 if mark else None, f"YAML syntax error: {msg}")], source) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ConfigError([Problem("", None, f"cannot read YAML: {e}")], source) from None
+    if data is None:
+        raise ConfigError([Problem("", None, "the file is empty")], source)
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", 1, "the top level must be a mapping")], source)
+    return data, lines
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {str(err['loc'][-1])!r}"
+    if err["type"] == "missing":
+        return "required key is missing"
+    return str(err["msg"]).removeprefix("Value error, ")
+
+
+def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
+    data, lines = _read(text, source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc, msg = err["loc"], _message(err)
+            m = re.match(r"^(offices\[(\d+)\]).*?: ", msg)  # a registry rule names its item
+            if m and not loc:
+                loc, msg = ("offices", m.group(2)), msg[m.end():]
+            problems.append(Problem(_dotted(loc), _line(lines, loc), msg))
+        raise ConfigError(problems, source) from None
+
+
+def load_model(path: str | os.PathLike[str], model: type[M]) -> M:
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError([Problem("", None, f"cannot read the file: {e.strerror or e}")], str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", None, "the file is not UTF-8 text")], str(path)) from None
+    return parse_model(text, model, str(path))
+
+
+@dataclass(frozen=True)
+class Loaded:
+    cfg: CentralConfig
+    registry: Registry
+    path: Path  # the config file
+    registry_path: Path
+
+    def resolve(self, p: str) -> Path:
+        """A path of the config, relative to the config file's folder."""
+        q = Path(p)
+        return q if q.is_absolute() else self.path.parent / q
+
+
+def load(path: str | os.PathLike[str]) -> Loaded:
+    """The config and its registry; ConfigError (with the file it is about) when either is wrong."""
+    cfg = load_model(path, CentralConfig)
+    reg_path = Path(cfg.registry)
+    if not reg_path.is_absolute():
+        reg_path = Path(path).parent / reg_path
+    return Loaded(cfg, load_model(reg_path, Registry), Path(path), reg_path)
+
+
+def password(loaded: Loaded) -> str | None:
+    pf = loaded.cfg.mqtt.password_file
+    if pf is None:
+        return None
+    try:
+        return loaded.resolve(pf).read_text().strip()
+    except OSError as e:
+        raise ConfigError([Problem("mqtt.password_file", None, f"cannot read: {e.strerror or e}")],
+                          str(loaded.path)) from None

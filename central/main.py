@@ -1,0 +1,70 @@
+"""``siaga central --config FILE``: config and registry -> store -> coordinator (MQTT + rules on its
+owner thread) -> the JSON API on uvicorn (loopback only until accounts exist). SIGTERM/SIGINT:
+publish the coordinator's offline status, commit, exit 0."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from central.config import ConfigError, load
+
+
+def main(config_path: str, log_level: str = "INFO") -> int:
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("siaga.central")
+    try:
+        loaded = load(config_path)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    import uvicorn
+
+    from central.api import make_app
+    from central.service.coordinator import Coordinator
+    from central.store import Store
+
+    store_path = str(loaded.resolve(loaded.cfg.store.path))
+    try:
+        store = Store(store_path)
+    except Exception as e:  # noqa: BLE001 - a clear message, not a trace
+        print(f"{config_path}: store.path: cannot open {store_path}: {e}", file=sys.stderr)
+        return 1
+    store.close()  # the owner thread opens its own (sqlite3 connections belong to one thread)
+
+    ready = threading.Event()
+    holder: dict = {}
+
+    def owner() -> None:
+        coord = Coordinator(loaded, Store(store_path))
+        holder["c"] = coord
+        ready.set()
+        coord.run()
+
+    # Construct on the owner thread itself so its Store connection is that thread's.
+    t = threading.Thread(target=owner, name="siaga-central", daemon=True)
+    t.start()
+    ready.wait(30)
+    coord = holder["c"]
+    coord._thread = t
+    api = loaded.cfg.api
+    server = uvicorn.Server(uvicorn.Config(make_app(coord, store_path), host=api.host, port=api.port,
+                                           log_level="warning", access_log=False))
+    log.info("siaga central: %d offices in the registry, broker %s:%d, API on http://%s:%d "
+             "(loopback only: no accounts yet)", len(loaded.registry.offices), loaded.cfg.mqtt.host,
+             loaded.cfg.mqtt.port, api.host, api.port)
+
+    def _stop(signum, frame) -> None:
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    server.install_signal_handlers = lambda: None  # ours above
+    try:
+        server.run()
+    finally:
+        coord.stop()
+    return 0

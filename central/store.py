@@ -1,0 +1,246 @@
+"""The coordinator's storage: one SQLite file (WAL) behind one small repository interface.
+
+One writer: the coordinator's owner thread holds the read-write :class:`Store` (sqlite3 keeps
+``check_same_thread``, so a call from another thread fails at once). The API opens its own
+read-only ``Store(path, readonly=True)`` for history (timeline, commands, telemetry); WAL lets it
+read while the owner writes. Writes are batched: the owner calls :meth:`commit` once per batch of
+messages, and only then publishes the acknowledgements that batch earned.
+
+Everything stored is plain JSON-ready data; the rules' types stay in ``central.rules`` (contract
+``central-layers``: store and rules do not know each other).
+
+Events: de-duplicated by ``id``, ordered by (boot, seq); ``late`` when replayed from the office's
+outbox or received long after their (synced) time. The acknowledgement per office is the highest
+contiguous seq stored (:meth:`advance_ack`); history before the first event the coordinator ever
+saw of an office is not claimed (the base), and a gap nobody fills within ``gap_accept_s`` is
+accepted, recorded, and passed (an office cannot keep its outbox forever for a row it lost).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterable
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    site TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL UNIQUE,
+    ts REAL NOT NULL, rx REAL NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, detail TEXT NOT NULL,
+    replayed INTEGER NOT NULL, clock_synced INTEGER NOT NULL, late INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_site_seq ON events (site, seq);
+CREATE TABLE IF NOT EXISTS acks (
+    site TEXT PRIMARY KEY, boot INTEGER NOT NULL, seq INTEGER NOT NULL, gap_since REAL);
+CREATE TABLE IF NOT EXISTS accepted_gaps (
+    site TEXT NOT NULL, from_seq INTEGER NOT NULL, to_seq INTEGER NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS offices (site TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alarms (
+    site TEXT NOT NULL, kind TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (site, kind));
+CREATE TABLE IF NOT EXISTS pages_decided (
+    site TEXT NOT NULL, kind TEXT NOT NULL, raised_at REAL NOT NULL, PRIMARY KEY (site, kind, raised_at));
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, opened_at REAL NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, batch TEXT, name TEXT NOT NULL, issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL, status TEXT NOT NULL, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS telemetry (
+    site TEXT NOT NULL, rx REAL NOT NULL, ts REAL NOT NULL, charge_pct REAL, runtime_s REAL,
+    load_pct REAL, input_voltage REAL, on_battery INTEGER, mains INTEGER);
+CREATE INDEX IF NOT EXISTS telemetry_site_rx ON telemetry (site, rx);
+CREATE TABLE IF NOT EXISTS notifications (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
+    incident TEXT, site TEXT, severity TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    detail TEXT NOT NULL);
+"""
+
+EVENT_COLS = ("site", "boot", "seq", "id", "ts", "rx", "kind", "name", "detail", "replayed", "clock_synced", "late")
+
+
+class Store:
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = str(path)
+        if readonly:
+            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+        else:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=10)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints; see commit()
+            self.db.executescript(SCHEMA)
+            self.db.commit()
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def commit(self) -> None:
+        self.db.commit()
+
+    # ------------------------------------------------------------------ events ----------------
+    def add_event(self, site: str, ev: dict, rx: float, late: bool) -> bool:
+        """Store one event (the wire Event as a dict); False when its id is already stored."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (site, ev["boot"], ev["seq"], ev["id"], ev["ts"], rx, ev["kind"], ev["name"],
+             json.dumps(ev["detail"], separators=(",", ":")), int(ev["replayed"]), int(ev["clock_synced"]), int(late)))
+        return cur.rowcount == 1
+
+    def ack(self, site: str) -> tuple[int, int] | None:
+        r = self.db.execute("SELECT boot, seq FROM acks WHERE site = ?", (site,)).fetchone()
+        return None if r is None else (r["boot"], r["seq"])
+
+    def acks(self) -> dict[str, tuple[int, int]]:
+        return {r["site"]: (r["boot"], r["seq"]) for r in self.db.execute("SELECT site, boot, seq FROM acks")}
+
+    def advance_ack(self, site: str, now: float, gap_accept_s: float) -> tuple[int, int] | None:
+        """Move the office's acknowledgement over every contiguous seq stored; the new (boot, seq)
+        when it moved, else None."""
+        row = self.db.execute("SELECT boot, seq, gap_since FROM acks WHERE site = ?", (site,)).fetchone()
+        if row is None:  # the first event ever seen sets the base: earlier history is not claimed
+            first = self.db.execute("SELECT min(seq) AS s FROM events WHERE site = ?", (site,)).fetchone()["s"]
+            if first is None:
+                return None
+            boot, seq, gap_since = 0, first - 1, None
+            self.db.execute("INSERT INTO acks VALUES (?,?,?,NULL)", (site, boot, seq))
+        else:
+            boot, seq, gap_since = row["boot"], row["seq"], row["gap_since"]
+        start = seq
+        while True:
+            nxt = self.db.execute("SELECT seq, boot FROM events WHERE site = ? AND seq > ? ORDER BY seq LIMIT 5000",
+                                  (site, seq)).fetchall()
+            stop = not nxt
+            for r in nxt:
+                if r["seq"] == seq:  # two stored events with one seq (an office whose store was replaced)
+                    continue
+                if r["seq"] != seq + 1:  # a gap
+                    if gap_since is None:
+                        gap_since = now
+                    if now - gap_since < gap_accept_s:
+                        stop = True
+                        break
+                    self.db.execute("INSERT INTO accepted_gaps VALUES (?,?,?,?)", (site, seq + 1, r["seq"] - 1, now))
+                seq, boot, gap_since = r["seq"], r["boot"], None
+            if stop:
+                break
+        self.db.execute("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?", (boot, seq, gap_since, site))
+        return (boot, seq) if seq != start or row is None else None
+
+    def gaps(self, site: str) -> list[dict]:
+        """Missing seq ranges between stored events of one office (open ones, and accepted ones)."""
+        rows = self.db.execute(
+            "SELECT seq + 1 AS a, nxt - 1 AS b FROM (SELECT seq, LEAD(seq) OVER (ORDER BY seq) AS nxt "
+            "FROM events WHERE site = ?) WHERE nxt > seq + 1", (site,)).fetchall()
+        accepted = {(r["from_seq"], r["to_seq"]) for r in self.db.execute(
+            "SELECT from_seq, to_seq FROM accepted_gaps WHERE site = ?", (site,))}
+        return [{"from_seq": r["a"], "to_seq": r["b"], "accepted": (r["a"], r["b"]) in accepted} for r in rows]
+
+    def timeline(self, site: str, limit: int = 200, after_seq: int | None = None) -> list[dict]:
+        """Events of one office in (boot, seq) order: the newest ``limit``, or from ``after_seq`` on."""
+        if after_seq is None:
+            rows = self.db.execute("SELECT * FROM (SELECT * FROM events WHERE site = ? ORDER BY boot DESC, seq DESC "
+                                   "LIMIT ?) ORDER BY boot, seq", (site, limit)).fetchall()
+        else:
+            rows = self.db.execute("SELECT * FROM events WHERE site = ? AND seq > ? ORDER BY boot, seq LIMIT ?",
+                                   (site, after_seq, limit)).fetchall()
+        return [self._event(r) for r in rows]
+
+    def events_between(self, sites: Iterable[str], t0: float, t1: float) -> list[dict]:
+        sites = list(sites)
+        if not sites:
+            return []
+        q = ",".join("?" * len(sites))
+        rows = self.db.execute(f"SELECT * FROM events WHERE site IN ({q}) AND ts >= ? AND ts <= ? ORDER BY site, boot, seq",
+                               (*sites, t0, t1)).fetchall()
+        return [self._event(r) for r in rows]
+
+    def count_events(self, site: str | None = None) -> int:
+        if site is None:
+            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM events WHERE site = ?", (site,)).fetchone()[0]
+
+    @staticmethod
+    def _event(r: sqlite3.Row) -> dict:
+        d = {k: r[k] for k in EVENT_COLS}
+        d["detail"] = json.loads(d["detail"])
+        for k in ("replayed", "clock_synced", "late"):
+            d[k] = bool(d[k])
+        return d
+
+    # ------------------------------------------------------------------ offices, alarms -------
+    def save_office(self, site: str, state: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO offices VALUES (?, ?)", (site, json.dumps(state)))
+
+    def offices(self) -> dict[str, dict]:
+        return {r["site"]: json.loads(r["state"]) for r in self.db.execute("SELECT site, state FROM offices")}
+
+    def save_alarm(self, a: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO alarms VALUES (?, ?, ?)", (a["site"], a["kind"], json.dumps(a)))
+
+    def alarms(self) -> list[dict]:
+        return [json.loads(r["data"]) for r in self.db.execute("SELECT data FROM alarms ORDER BY site, kind")]
+
+    def decide_page(self, site: str, kind: str, raised_at: float) -> None:
+        self.db.execute("INSERT OR IGNORE INTO pages_decided VALUES (?,?,?)", (site, kind, raised_at))
+
+    def pages_decided(self) -> set[tuple]:
+        return {(r[0], r[1], r[2]) for r in self.db.execute("SELECT site, kind, raised_at FROM pages_decided")}
+
+    # ------------------------------------------------------------------ incidents -------------
+    def save_incident(self, inc: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?)",
+                        (inc["id"], inc["kind"], inc["status"], inc["opened_at"], json.dumps(inc)))
+
+    def incidents(self, open_only: bool = False, limit: int = 500) -> list[dict]:
+        q = "SELECT data FROM incidents" + (" WHERE status != 'closed'" if open_only else "") + " ORDER BY opened_at DESC LIMIT ?"
+        return [json.loads(r["data"]) for r in self.db.execute(q, (limit,))]
+
+    def incident(self, iid: str) -> dict | None:
+        r = self.db.execute("SELECT data FROM incidents WHERE id = ?", (iid,)).fetchone()
+        return None if r is None else json.loads(r["data"])
+
+    # ------------------------------------------------------------------ commands --------------
+    def save_command(self, c: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO commands VALUES (?,?,?,?,?,?,?,?)",
+                        (c["id"], c["site"], c.get("batch"), c["name"], c["issued_at"], c["expires_at"], c["status"],
+                         json.dumps(c)))
+
+    def command(self, cid: str) -> dict | None:
+        r = self.db.execute("SELECT data FROM commands WHERE id = ?", (cid,)).fetchone()
+        return None if r is None else json.loads(r["data"])
+
+    def commands(self, limit: int = 200, pending_only: bool = False) -> list[dict]:
+        q = "SELECT data FROM commands" + (" WHERE status = 'sent'" if pending_only else "") + " ORDER BY issued_at DESC LIMIT ?"
+        return [json.loads(r["data"]) for r in self.db.execute(q, (limit,))]
+
+    # ------------------------------------------------------------------ telemetry -------------
+    def add_telemetry(self, site: str, rx: float, t: dict) -> None:
+        self.db.execute("INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?)",
+                        (site, rx, t["ts"], t.get("charge_pct"), t.get("runtime_s"), t.get("load_pct"),
+                         t.get("input_voltage"), None if t.get("on_battery") is None else int(t["on_battery"]),
+                         None if t.get("mains") is None else int(t["mains"])))
+
+    def telemetry(self, site: str, since: float, limit: int = 5000) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM telemetry WHERE site = ? AND rx >= ? ORDER BY rx LIMIT ?",
+                               (site, since, limit)).fetchall()
+        return [dict(r) for r in rows]
+
+    def prune_telemetry(self, before: float) -> int:
+        return self.db.execute("DELETE FROM telemetry WHERE rx < ?", (before,)).rowcount
+
+    # ------------------------------------------------------------------ notifications, audit --
+    def add_notification(self, n: dict) -> None:
+        self.db.execute("INSERT INTO notifications (at, kind, text, incident, site, severity) VALUES (?,?,?,?,?,?)",
+                        (n["at"], n["kind"], n["text"], n.get("incident"), n.get("site"), n.get("severity")))
+
+    def notifications(self, limit: int = 500) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM notifications ORDER BY n DESC LIMIT ?", (limit,))]
+
+    def audit(self, at: float, who: str, action: str, detail: dict[str, Any]) -> None:
+        self.db.execute("INSERT INTO audit (at, who, action, detail) VALUES (?,?,?,?)",
+                        (at, who, action, json.dumps(detail)))
+
+    def audit_log(self, limit: int = 500) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
+        return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]

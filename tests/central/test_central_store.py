@@ -1,0 +1,50 @@
+"""The SQLite store: events once by id, in (boot, seq) order, gaps shown, the contiguous ack."""
+
+from __future__ import annotations
+
+from central.store import Store
+from central_builders import event
+
+T0 = 1_800_000_000.0
+
+
+def add(store, site, *evs, rx=T0, late=False):
+    return [store.add_event(site, e.model_dump(mode="json"), rx, late) for e in evs]
+
+
+def test_events_are_stored_once_by_id_and_read_in_boot_seq_order(tmp_path):
+    s = Store(tmp_path / "c.db")
+    e3, e1, e2 = event(3, boot=2), event(1, boot=1), event(2, boot=2)
+    assert add(s, "sambas", e3, e1, e2) == [True, True, True]
+    assert add(s, "sambas", e1) == [False]  # a redelivery (at-least-once)
+    s.commit()
+    assert [(e["boot"], e["seq"]) for e in s.timeline("sambas")] == [(1, 1), (2, 2), (2, 3)]
+    assert s.count_events("sambas") == 3
+
+
+def test_the_ack_covers_only_contiguous_seqs_and_waits_at_a_gap(tmp_path):
+    s = Store(tmp_path / "c.db")
+    add(s, "sambas", *(event(i) for i in (1, 2, 3, 5, 6)))
+    assert s.advance_ack("sambas", T0, 3600) == (1, 3)
+    assert s.gaps("sambas") == [{"from_seq": 4, "to_seq": 4, "accepted": False}]
+    assert s.advance_ack("sambas", T0 + 10, 3600) is None
+    add(s, "sambas", event(4, replayed=True))  # the office resends from the ack
+    assert s.advance_ack("sambas", T0 + 20, 3600) == (1, 6)
+    assert s.gaps("sambas") == []
+
+
+def test_history_before_the_first_event_seen_is_not_claimed_and_an_old_gap_is_accepted(tmp_path):
+    s = Store(tmp_path / "c.db")
+    add(s, "sambas", event(100), event(101), event(105))
+    assert s.advance_ack("sambas", T0, 3600) == (1, 101)
+    assert s.advance_ack("sambas", T0 + 3599, 3600) is None
+    assert s.advance_ack("sambas", T0 + 3600, 3600) == (1, 105)
+    assert s.gaps("sambas") == [{"from_seq": 102, "to_seq": 104, "accepted": True}]
+
+
+def test_a_read_only_store_sees_committed_rows(tmp_path):
+    s = Store(tmp_path / "c.db")
+    add(s, "sambas", event(1))
+    s.commit()
+    ro = Store(tmp_path / "c.db", readonly=True)
+    assert len(ro.timeline("sambas")) == 1
