@@ -600,3 +600,46 @@ def test_agent_restart_after_the_ups_command_does_not_send_it_again(tmp_path):
     assert len(summary["ups_shutdown_commands"]) == 1
     assert first_t(result, "shutdown", "shutdown_ups_already_commanded") == 4000
     assert summary["servers_state"] == "RUNNING" and summary["servers_hard_power_losses"] == 0
+
+
+# ------------------------------------------------------------- fix 10: readable output -------
+def test_an_outage_reports_not_needed_apart_from_never_came(tmp_path):
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off", note: "a 2 s dip: over before mains_fail_delay_s"}
+  - {at_s: 602, mains: "on"}
+  - {at_s: 1200, mains: "off"}
+  - {at_s: 1230, mains: "on", note: "back during the start delay... of a genset that never starts anyway"}
+  - {at_s: 2000, mains: "off"}
+  - {at_s: 6000, mains: "on"}
+""", plant="fails_to_start: true")
+    _, site, _, result = run_file(path)
+    s = amf_settings(site)
+    assert 30 > s.mains_fail_delay_s + s.start_delay_s  # the second outage outlasts the start delay
+    assert result["summary"]["mains_fail_to_gen_on_load_s"] == ["not needed", "never came", "never came"]
+
+
+def test_alarms_are_listed_with_their_final_status():
+    _, _, _, result = run_named("founding-incident-gen-never-starts")
+    alarms = result["summary"]["alarms"]
+    assert alarms["fail_to_start"] == "active"  # latched: nobody acknowledged it
+    assert alarms["ups_on_battery"] == "cleared, not acknowledged"
+    _, _, _, dry = run_named("three-day-outage-tank-dry")
+    assert dry["summary"]["alarms"]["gen_failed_while_running"] == "cleared"  # acknowledged, and gone
+
+
+def test_text_output_prints_the_warnings_above_the_timeline_and_says_lockout_needs_an_ack(tmp_path):
+    path = scenario(tmp_path, """  - {at_s: 600, mains: "off"}
+""", plant="capacity_s_at_load: 500, fails_to_start: true", duration_s=3600)
+    path.write_text(path.read_text().replace("capacity_s_at_load: 3600, ", ""))
+    p = siaga("simulate", str(path))
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    first_event = next(i for i, line in enumerate(lines) if re.match(r"^\s*\d+:\d\d:\d\d  ", line))
+    warned = [i for i, line in enumerate(lines) if line.startswith("warning: scenario plant: the UPS runtime from full (")]
+    assert warned and warned[0] < first_event
+    assert "shut down on every outage" in lines[warned[0]]
+    # no start_wall in this scenario: simulated time only
+    assert re.match(r"^\s*0:10:00  scenario\s+mains_off", next(line for line in lines if "mains_off" in line))
+    assert "  final_state: LOCKOUT (locked out: fix the cause, then acknowledge with `siaga ctl ack`)" in lines
+    assert "`ack` is needed" in lines[-1]
+    doc = json.loads(siaga("simulate", "--json", str(path)).stdout)
+    assert any("shut down on every outage" in w for w in doc["warnings"])
