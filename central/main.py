@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import threading
 
 from central.config import ConfigError, load
 
@@ -24,7 +23,7 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     import uvicorn
 
     from central.api import make_app
-    from central.service.coordinator import Coordinator
+    from central.service.coordinator import spawn
     from central.store import Store
 
     store_path = str(loaded.resolve(loaded.cfg.store.path))
@@ -35,21 +34,7 @@ def main(config_path: str, log_level: str = "INFO") -> int:
         return 1
     store.close()  # the owner thread opens its own (sqlite3 connections belong to one thread)
 
-    ready = threading.Event()
-    holder: dict = {}
-
-    def owner() -> None:
-        coord = Coordinator(loaded, Store(store_path))
-        holder["c"] = coord
-        ready.set()
-        coord.run()
-
-    # Construct on the owner thread itself so its Store connection is that thread's.
-    t = threading.Thread(target=owner, name="siaga-central", daemon=True)
-    t.start()
-    ready.wait(30)
-    coord = holder["c"]
-    coord._thread = t
+    coord = spawn(loaded, store_path)
     api = loaded.cfg.api
     server = uvicorn.Server(uvicorn.Config(make_app(coord, store_path), host=api.host, port=api.port,
                                            log_level="warning", access_log=False))

@@ -393,3 +393,29 @@ class Coordinator:
             if self.mqtt is not None:
                 self.mqtt.command(c["site"], cmd_rules.request_payload(c), req.expiry_s)
         return recs
+
+
+def spawn(loaded: Loaded, store_path: str, **kw: Any) -> Coordinator:
+    """Build a coordinator on its own owner thread (its sqlite3 connection belongs to that thread)
+    and run it there; returns once it is built. ``stop()`` ends it."""
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def owner() -> None:
+        try:
+            box["c"] = Coordinator(loaded, Store(store_path), **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller
+            box["e"] = e
+            ready.set()
+            return
+        ready.set()
+        box["c"].run()
+
+    t = threading.Thread(target=owner, name="siaga-central", daemon=True)
+    t.start()
+    if not ready.wait(60):
+        raise TimeoutError("the coordinator did not start")
+    if "e" in box:
+        raise box["e"]
+    box["c"]._thread = t
+    return box["c"]
