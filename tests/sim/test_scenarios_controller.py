@@ -88,3 +88,26 @@ def test_4_a_flicker_during_cool_down_moves_no_load():
     assert len(timeline(r, "plant", "ats_to_generator")) == 1  # one transfer to the generator, not two
     assert "mains_failed_again" not in transitions(r)
     assert s["gen_run_s"] < 7200 + 900 + 60  # no second return delay and cool-down
+
+
+def test_6_starts_of_the_last_hour_survive_an_agent_restart(tmp_path):
+    """Fix 6 through the real core and store: the agent process dies and comes back on the same
+    store between the third start of the hour and a fourth outage. The start limit still holds
+    (the UPS here can wait): before the fix the restart forgot the starts and cranked at once."""
+    scn = SCENARIOS / "2-start-limit-ups-critical.yaml"
+    text = scn.read_text(encoding="utf-8").replace("config: ../site-example.yaml",
+                                                   f"config: {SCENARIOS.parent / 'site-example.yaml'}")
+    text = text.replace("capacity_s_at_load: 1800", "capacity_s_at_load: 14400")
+    text = text.replace('  - {at_s: 2400, mains: "off"', '  - {at_s: 2200, agent: restart}\n  - {at_s: 2400, mains: "off"')
+    path = tmp_path / "restart.yaml"
+    path.write_text(text, encoding="utf-8")
+    scn_, site = load_scenario(str(path))
+    r = Simulation(scn_, site, ShutdownSequencer).run()
+    assert timeline(r, "agent"), "the scenario must restart the agent"
+    first_start = timeline(r, "controller", "START_DELAY")[0]["t_s"]
+    deferred = [e for e in timeline(r, "controller", "start_deferred") if e["t_s"] > 2400]
+    assert deferred and deferred[0]["detail"]["starts_last_hour"] == 3
+    fourth = [e["t_s"] for e in timeline(r, "controller", "START_DELAY") if e["t_s"] > 2400][0]
+    assert fourth >= first_start + 3600 - 1e-6  # not before the oldest start is an hour old
+    assert not timeline(r, "controller", "start_limit_overridden")
+    servers_unharmed(r["summary"])
