@@ -29,6 +29,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationEr
                       field_validator, model_validator)
 
 from agent.control import amf_types
+from agent.passwords import hash_problem
 
 M = TypeVar("M", bound=BaseModel)
 _AMF = amf_types.Settings()  # defaults come from the controller, so the two can never drift apart
@@ -318,10 +319,25 @@ class NutConfig(_Model):
 
 
 class ConsoleConfig(_Model):
+    """The technician's serial console and ``siaga ctl`` (docs/console.md)."""
+
     enabled: bool = True
     port: str | None = None  # serial device, e.g. /dev/ttyAMA0; None = no serial console
     baudrate: int = Field(115200, gt=0)
+    # Also serve a console on a pty whose terminal end is linked here (tests, a laptop demo).
+    pty_link: str | None = Field(None, min_length=1)
+    language: Literal["en", "id"] = "en"  # the site's default; `lang` changes one session
+    # `enable` PIN, hashed with `siaga nut hash-password`; None: no privileged mode on the console
+    enable_pin_hash: str | None = None
+    idle_timeout_s: float = Field(600.0, gt=0)  # privileged mode ends after this long idle
     ctl_socket: str = Field("/run/siaga/ctl.sock", min_length=1)
+
+    @field_validator("enable_pin_hash")
+    @classmethod
+    def _pin_hashed(cls, v: str | None) -> str | None:
+        if v is not None and (problem := hash_problem(v)):  # never echo v: it may be the PIN
+            raise ValueError(f"must be a hash from `siaga nut hash-password`, not the PIN itself ({problem})")
+        return v
 
 
 class StorageConfig(_Model):

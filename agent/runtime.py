@@ -17,6 +17,7 @@ from agent.control import amf_types
 from agent.control.clock import MonotonicClock, SystemWall
 from agent.control.core import Call, Core, Record
 from agent.control.store import Store, StoreError
+from agent.console import service as console
 from agent.ctl import CtlServer
 from agent.mqtt.link import start_mqtt
 from agent.nut.server import NutServer
@@ -51,7 +52,7 @@ def main(config_path: str, log_level: str = "INFO") -> int:
         return 1
     rc = 0
     try:
-        _run(cfg)
+        _run(cfg, config_path)
     except BaseException:  # whatever it was: log it, and still leave the relays as decided
         log.exception("siaga stopped by an unexpected error")
         rc = 1
@@ -153,7 +154,7 @@ def _start_nut(cfg: SiteConfig, core: Core, link: UpsLink | None, seq: ShutdownS
     return server
 
 
-def _run(cfg: SiteConfig) -> None:
+def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     warnings = config_warnings(cfg)
     for w in warnings:
         log.warning("config: %s", w)
@@ -186,22 +187,26 @@ def _run(cfg: SiteConfig) -> None:
     if store_error:
         core.post(amf_types.ExternalAlarm("storage_failed", True, store_error))
     log.info("siaga %s up: boot %d, state %s", cfg.site.id, core.boot_no, core.controller.state.value)
+    svc = console.build(cfg, core, config_path, world.command if world else None)  # console + siaga ctl
     ctl = None
     if cfg.console.ctl_socket:
-        ctl = CtlServer(cfg.console.ctl_socket, core, world.command if world else None)
+        ctl = CtlServer(cfg.console.ctl_socket, svc)
         ctl.serve_in_thread()
     world_thread = world.start() if world else None
     ups_sim, link = _start_ups(cfg, core, store, world) if cfg.ups.enabled else (None, None)
     nut = _start_nut(cfg, core, link, seq) if cfg.nut.enabled else None
     seq.nut, seq.ups = nut, link
     seq.start()
-    if ctl:
-        ctl.ups, ctl.shutdown = link, seq
+    svc.ups, svc.shutdown, svc.nut = link, seq, nut
     mqtt = start_mqtt(cfg, core, store.path, ups_reading=link.last_reading if link else None,
                       ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None)
+    svc.mqtt = mqtt
+    consoles = console.start(cfg, svc)
     try:
         core.run_forever()
     finally:
+        for con in consoles:
+            con.stop()
         if mqtt:
             mqtt.stop()  # after the core: its last records (agent_stopping) get a moment to go out
         seq.stop()

@@ -34,7 +34,7 @@ def test_ups_commands_from_the_console_reach_the_ups_and_the_journal(tmp_path: P
         assert agent.ctl("ups", "test", "quick").startswith("OK: test.battery.start.quick queued")
         assert agent.ctl("ups", "test", "30").startswith("REFUSED: test.battery.start: '30'")
         assert agent.ctl("ups", "shutdown-return").startswith("ERROR: ups shutdown-return cuts the power")
-        assert agent.ctl("ups", "frobnicate").startswith("ERROR: usage: ups status")
+        assert agent.ctl("ups", "frobnicate").startswith("ERROR: Unknown command at 'ups frobnicate'")
         assert not agent.world()["ups"]["shutdown_active"]
         assert agent.ctl("ups", "shutdown-return", "--yes").startswith("OK")
         agent.until("UPS shutdown pending", lambda: agent.world()["ups"]["shutdown_active"])
