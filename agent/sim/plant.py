@@ -317,6 +317,10 @@ class Plant:
         self._settle(now)
         self.log.clear()  # t0 set-up is not news
 
+    def __setstate__(self, state: dict) -> None:
+        # A world pickled by an older version (hardware: simulated keeps it next to the store).
+        self.__dict__.update({"servers_down_s": 0.0, "sense_faults": {}} | state)
+
     # -------------------------------------------------------------- observation ----
     @property
     def watch_runtime_s(self) -> tuple[float, ...]:

@@ -753,3 +753,44 @@ def test_random_sequences_keep_invariants_and_step_size_does_not_matter(params, 
     assert coarse.unpowered_s == pytest.approx(fine.unpowered_s, rel=1e-9, abs=1e-6)
     assert coarse.servers.state == fine.servers.state
     assert coarse.inputs() == fine.inputs()
+
+
+# ------------------------------------------------------- sense faults and service time ------
+def test_a_mains_sense_fault_shows_a_fixed_level_while_the_ups_follows_real_mains():
+    plant = Plant(PlantParams())
+    plant.set_sense_fault(10.0, "mains", True)
+    plant.set_mains(20.0, False)
+    assert plant.inputs()["mains"] is True and plant.ups_reading().on_battery  # they disagree
+    assert ("mains_sense", "stuck on") in [(n, d) for _, n, d in plant.drain_log()]
+    plant.set_sense_fault(30.0, "mains", None)
+    assert plant.inputs()["mains"] is False
+    plant.set_sense_fault(40.0, "mains", False)
+    plant.set_mains(50.0, True)
+    assert plant.inputs()["mains"] is False and not plant.ups_reading().on_battery
+    with pytest.raises(ValueError, match="not an input"):
+        plant.set_sense_fault(60.0, "mians", True)
+
+
+def test_servers_down_counts_halted_and_unpowered_time():
+    plant = Plant(PlantParams(shutdown_s=100.0, boot_s=200.0, capacity_s_at_load=3600.0))
+    plant.set_mains(0.0, False)
+    plant.set_fsd(1000.0, True)  # halting 1000..1100
+    plant.ups_shutdown_return(1100.0, 60.0, 0.0)  # output off at 1160
+    plant.set_mains(2000.0, True)  # output back at 2000: booting
+    plant.set_fsd(2000.0, False)  # lifted, or they would halt again once booted
+    plant.advance(3000.0)
+    assert plant.servers.state is ServerState.RUNNING
+    assert plant.servers_down_s == pytest.approx(2000.0 - 1100.0)
+    assert plant.unpowered_s == pytest.approx(2000.0 - 1160.0)
+
+
+def test_a_world_pickled_before_these_fields_existed_still_loads():
+    import pickle
+
+    plant = Plant(PlantParams())
+    state = dict(plant.__dict__)
+    del state["sense_faults"], state["servers_down_s"]
+    old = Plant.__new__(Plant)
+    old.__setstate__(state)
+    back = pickle.loads(pickle.dumps(old))
+    assert back.inputs()["mains"] is True and back.servers_down_s == 0.0

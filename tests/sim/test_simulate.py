@@ -11,6 +11,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -643,3 +644,39 @@ def test_text_output_prints_the_warnings_above_the_timeline_and_says_lockout_nee
     assert "`ack` is needed" in lines[-1]
     doc = json.loads(siaga("simulate", "--json", str(path)).stdout)
     assert any("shut down on every outage" in w for w in doc["warnings"])
+
+
+_EVENT_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True),
+                          st.text(max_size=12), st.sampled_from(["on", "off", "lost", "restored", "stuck_on", "ok",
+                                                                 "restart", "stop", "start", "fail", "refuel"]),
+                          st.dictionaries(st.sampled_from(["dies_at", "fails_to_stop", "fuel_h", "start_s", "warp"]),
+                                          st.one_of(st.booleans(), st.floats(allow_nan=True), st.text(max_size=4)),
+                                          max_size=3))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.dictionaries(st.sampled_from(["at_s", "mains", "ups_link", "mains_sense", "ups_fault", "plant",
+                                                 "agent", "command", "fuel_pct", "note", "bogus"]),
+                                _EVENT_VALUES, max_size=4), max_size=3))
+def test_any_event_list_is_accepted_or_reported_at_a_line_never_a_crash(evs):
+    """Scenario files come from technicians: whatever the events say, loading gives a scenario
+    or FILE:LINE: path: problems, never another exception."""
+    import tempfile
+
+    from agent import config
+
+    text = yaml.safe_dump({"name": "x", "config": str(SITE), "duration_s": 100, "events": evs}, allow_unicode=True)
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "s.yaml"
+        f.write_text(text)
+        try:
+            scn = config.load_model(str(f), Scenario)
+        except config.ConfigError as e:
+            assert e.problems and all(str(f) in line for line in str(e).splitlines())
+            return
+    for ev in scn.events:
+        assert sum(getattr(ev, k) is not None for k in ("mains", "ups_link", "mains_sense", "ups_fault", "plant",
+                                                        "agent", "command", "fuel_pct", "generator", "e_stop",
+                                                        "gen_not_in_auto")) == 1
+        if ev.plant is not None:
+            assert ev.plant and set(ev.plant) <= {"dies_at", "fails_to_stop", "start_s"}
