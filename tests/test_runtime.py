@@ -1,4 +1,5 @@
-"""Pieces of `siaga run` that do not need a process (the process itself: test_restart_kill.py)."""
+"""Pieces of `siaga run`: the watchdog flag without a process, and what a booting agent journals
+(restarts and kills: test_restart_kill.py)."""
 
 import re
 
