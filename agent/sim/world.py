@@ -66,6 +66,7 @@ class SimWorld:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.start_drops = 0
         self._next_save = now
+        self._save_failed = False
         self._stop = threading.Event()
 
     def _load(self, now: float) -> Plant | None:
@@ -84,10 +85,19 @@ class SimWorld:
         return plant
 
     def save(self) -> None:
+        """Keep the world across agent restarts. A full or read-only disk must not stop the
+        world (the plant would freeze and the agent with it): say so once and go on in memory."""
         tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(self.plant, f)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "wb") as f:
+                pickle.dump(self.plant, f)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if not self._save_failed:
+                log.warning("simulated plant state %s not saved (%s): going on in memory", self.path, e)
+            self._save_failed = True
+        else:
+            self._save_failed = False
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self._loop, name="siaga-simworld", daemon=True)
