@@ -522,6 +522,8 @@ def verdict(s: dict) -> str:
     """One line a technician can act on. A halted server is a service outage too."""
     lock = " The controller is LOCKED OUT: an `ack` is needed before it starts the generator again." \
         if s["final_state"] == "LOCKOUT" else ""
+    if not s.get("agent_up", True):
+        lock += " THE AGENT IS NOT RUNNING at the end (stopped by the scenario)."
     if s["servers_hard_power_losses"]:
         return (f"THE SERVERS LOST POWER WHILE RUNNING {s['servers_hard_power_losses']} time(s): check the timers "
                 f"and the shutdown margin.{lock}")

@@ -586,6 +586,14 @@ def test_agent_restart_on_generator_keeps_the_load_on_and_resumes(tmp_path):
     assert summary["gen_start_attempts"] == 1 and len(events(result, "plant", "ats_to_generator")) == 1
     assert not events(result, "plant", "gen_stopping") or first_t(result, "plant", "gen_stopping") > 5000
     assert summary["load_unpowered_s"] == 0 and summary["final_state"] == "MAINS_OK"
+    assert summary["agent_up"] and "NOT RUNNING" not in verdict(summary)
+
+
+def test_an_agent_left_stopped_is_said_in_the_verdict(tmp_path):
+    _, _, _, result = run_file(scenario(tmp_path, """  - {at_s: 600, agent: stop}
+""", duration_s=1200))
+    assert result["summary"]["agent_up"] is False
+    assert "THE AGENT IS NOT RUNNING at the end" in verdict(result["summary"])
 
 
 def test_agent_restart_after_the_ups_command_does_not_send_it_again(tmp_path):
