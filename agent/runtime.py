@@ -23,6 +23,7 @@ from agent.mqtt.link import start_mqtt
 from agent.nut.server import NutServer
 from agent.nut.shutdown import STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
 from agent.pins import CRANK_CUTOFF_S, Pins, make_pin_factory
+from agent.probes import ProbeRunner
 from agent.sim.ups_sim import UpsSimulator
 from agent.sim.world import SimWorld
 from agent.ups.derive import RuntimeModel
@@ -198,8 +199,12 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     seq.nut, seq.ups = nut, link
     seq.start()
     svc.ups, svc.shutdown, svc.nut = link, seq, nut
+    probes = ProbeRunner(cfg.services, core.post, wall=lambda: core.wall.read().epoch_s)  # services: (docs/services.md)
     mqtt = start_mqtt(cfg, core, store.path, ups_reading=link.last_reading if link else None,
-                      ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None)
+                      ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None,
+                      probe_results=probes.results)
+    probes.on_change = mqtt.refresh_state if mqtt else None
+    probes.start()
     svc.mqtt = mqtt
     consoles = console.start(cfg, svc)
     try:
@@ -209,6 +214,7 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
             con.stop()
         if mqtt:
             mqtt.stop()  # after the core: its last records (agent_stopping) get a moment to go out
+        probes.stop()
         seq.stop()
         if nut:
             nut.stop()

@@ -30,6 +30,23 @@ no disconnect) for 3 keepalives plus the longest back-off, the client is replace
 (same client id: the broker takes the session over); the old one is retired on a throwaway
 thread. ``broker_unreachable`` is raised after :data:`BROKER_ALARM_AFTER_S` without a connection
 (local only: an office horn, not a page) and cleared on connect.
+
+End-to-end acknowledgement (``mqtt.end_to_end_ack``; docs/mqtt.md "Delivery"): a PUBACK only says
+the *broker* has a message, and a broker can still drop it (a subscriber queue overflowing, a
+SIGKILL before its autosave). With the end-to-end ack on, an event row stays in the outbox after its
+PUBACK until the coordinator's retained :class:`wire.CentralAck` on ``siaga/_central/ack/<site>``
+says it has *stored* every event up to that seq; telemetry keeps the PUBACK deletion. Each row is
+still sent once per connection, in order. When the coordinator is online (its retained
+:class:`wire.CentralStatus`) and its ack has not moved for ``mqtt.ack_resend_after_s`` while rows
+it has not confirmed were acknowledged by the broker, the worker re-sends from the acknowledged
+point: at most :data:`RESEND_MAX_ROWS` rows a round, then it skips ahead to where it was, and the
+wait doubles after every round without progress (up to :data:`RESEND_BACKOFF_MAX` times, with a
+little jitter so a fleet does not re-send in step). ``auto`` (the default) turns this on for good
+(remembered in the store) the first time a coordinator acknowledges this site: a site with no
+coordinator (or one that does not acknowledge) keeps draining on PUBACK. An ack that cannot be this agent's
+(a boot or seq it has never reached: a new SD card under an old site id) is ignored and logged.
+The coordinator's status also drives ``coordinator_unreachable``: raised while its retained status
+says offline (not when the broker is unreachable: that is ``broker_unreachable``).
 """
 
 from __future__ import annotations
@@ -39,6 +56,7 @@ import dataclasses
 import json
 import logging
 import queue
+import random
 import socket
 import sqlite3
 import threading
@@ -49,6 +67,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import ValidationError
 
 from agent import __version__, wire
 from agent.control import amf_types
@@ -67,6 +86,10 @@ DELETE_EVERY_S = 0.2
 STATE_POLL_S = 5.0
 BROKER_ALARM_AFTER_S = 600.0
 STOP_GRACE_S = 2.0
+RESEND_MAX_ROWS = 10_000  # a re-send round re-reads at most this many unconfirmed rows
+RESEND_BACKOFF_MAX = 16  # the wait between rounds without progress doubles up to this factor
+# State parts are published when they change; a probe's latency and check time alone is no change.
+_CHANGE_EXCLUDE: dict[str, Any] = {"services": {"ts": True, "probes": {"__all__": {"detail", "checked_at"}}}}
 _STATE_EFFECTS = (amf_types.Transition, AlarmChanged, amf_types.SetOutput, amf_types.FsdRequest, amf_types.CommandResult)
 
 UpsCommand = Callable[[str, str | None], tuple[bool, str]]
@@ -85,10 +108,12 @@ def core_view(core) -> dict:
 class MqttLink:
     def __init__(self, cfg, core, store_path: str, *, ups_command: UpsCommand | None = None,
                  ups_reading: Callable[[], Any] | None = None, wall=None,
-                 alarm_after_s: float = BROKER_ALARM_AFTER_S) -> None:
+                 alarm_after_s: float = BROKER_ALARM_AFTER_S,
+                 probe_results: Callable[[], dict[str, wire.ServiceProbe]] | None = None) -> None:
         self.cfg, self.m, self.site, self.core = cfg, cfg.mqtt, cfg.site.id, core
         self.path = store_path
         self.ups_command, self.ups_reading = ups_command, ups_reading
+        self.probe_results = probe_results
         self.wall = wall or core.wall
         self.alarm_after_s = alarm_after_s
         self.keepalive = max(1, round(self.m.keepalive_s))
@@ -103,7 +128,7 @@ class MqttLink:
         self.view: dict | None = None
         self.outbox: Outbox | None = None
         self.commands: mqtt_commands.Commands | None = None
-        self.window: collections.OrderedDict[int, tuple[int, str]] = collections.OrderedDict()
+        self.window: collections.OrderedDict[int, tuple[int, str, int | None]] = collections.OrderedDict()
         self.window_max = MAX_INFLIGHT
         self.prefetch: collections.deque = collections.deque()
         self.cursor = 0  # last outbox id handed to paho
@@ -118,7 +143,18 @@ class MqttLink:
         self.next_tele = now + self.m.telemetry_interval_s
         self.next_poll = now + STATE_POLL_S
         self.alarm_raised = False
-        self.stats = {"published": 0, "acked": 0, "rebuilds": 0}
+        self.stats = {"published": 0, "acked": 0, "rebuilds": 0, "confirmed": 0, "resends": 0, "acks_ignored": 0}
+        # End-to-end acknowledgement (module docstring)
+        self.e2e = self.m.end_to_end_ack is True  # auto: decided in _open_db (seen before?)
+        self.central_online: bool | None = None  # the coordinator's retained status; None: unknown
+        self.coord_alarm: bool | None = None  # what we last told the core about coordinator_unreachable
+        self.ack_seq = 0  # the coordinator's last trusted ack (journal seq)
+        self.pubacked_seq = 0  # highest event seq the broker acknowledged in this process
+        self.unconfirmed_since: float | None = None  # broker-acked events beyond the ack since (mono)
+        self.resend_factor = 1
+        self.resend_wait = self.m.ack_resend_after_s
+        self.resend_end_id: int | None = None  # a re-send round: re-send up to this outbox id,
+        self.resume_cursor: int | None = None  # then go on from here
         self.thread: threading.Thread | None = None
         self.use_outbox = store_path != ":memory:"
         self._hook = enqueue_hook(self.site)
@@ -174,9 +210,11 @@ class MqttLink:
         # retainAsPublished: a command published *retained* while we are subscribed must arrive
         # with its retain flag, so commands.handle refuses it (the broker would otherwise clear
         # the flag on live delivery, and a retained command would run again at every start).
-        client.subscribe(wire.command_topic(self.site),
-                         options=SubscribeOptions(qos=1, retainAsPublished=True,
-                                                  retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+        client.subscribe([(wire.command_topic(self.site),
+                           SubscribeOptions(qos=1, retainAsPublished=True,
+                                            retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)),
+                          (wire.CENTRAL_STATUS_TOPIC, SubscribeOptions(qos=1)),
+                          (wire.central_ack_topic(self.site), SubscribeOptions(qos=1))])
         receive_max = getattr(props, "ReceiveMaximum", None) if props else None
         self.q.put(("connected", epoch, flags.session_present, receive_max))
 
@@ -194,7 +232,7 @@ class MqttLink:
 
     def _on_message(self, client, userdata, msg) -> None:
         if client is self.client:
-            self.q.put(("msg", msg.payload, msg.retain, msg.properties))
+            self.q.put(("msg", msg.topic, msg.payload, msg.retain, msg.properties))
 
     # ------------------------------------------------------------------ worker thread -------
     def _new_client(self) -> mqtt.Client:
@@ -264,6 +302,8 @@ class MqttLink:
             if n:
                 log.warning("outbox: %d rows the broker refused last time are tried again", n)
             conn = self.outbox.conn
+            if self.m.end_to_end_ack == "auto" and self.outbox.central_seen():
+                self.e2e = True
         else:
             log.error("the store is in memory: events are not published this run (no outbox)")
             conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -300,6 +340,7 @@ class MqttLink:
         if now >= self.next_tele and self.view is not None:
             self.next_tele = now + self.m.telemetry_interval_s
             self._telemetry()
+        self._check_stall(now)
         self.commands.expire(now)
         self._watchdog(now)
 
@@ -317,7 +358,15 @@ class MqttLink:
                 self._publish_state()
         elif kind == "msg":
             self.last_life = self.last_progress = time.monotonic()
-            self.commands.handle(*item[1:])
+            topic = item[1]
+            if topic == wire.CENTRAL_STATUS_TOPIC:
+                self._central_status(item[2])
+            elif topic == wire.central_ack_topic(self.site):
+                self._central_ack(item[2])
+            else:
+                self.commands.handle(*item[2:])
+        elif kind == "refresh":
+            self._publish_state()
         elif kind == "cmd_done":
             self.commands.answered(item[1], item[2])
         elif kind == "connected":
@@ -369,6 +418,9 @@ class MqttLink:
         if ob is None or not self.connected:
             return
         while len(self.window) < self.window_max:
+            if self.resume_cursor is not None and (
+                    self.cursor >= self.resend_end_id or (self.prefetch and self.prefetch[0].id > self.resend_end_id)):
+                self._end_resend_round()
             if not self.prefetch:
                 if not self.more:
                     return
@@ -378,6 +430,10 @@ class MqttLink:
                     return
                 self.prefetch.extend(rows)
             row = self.prefetch[0]
+            if self.e2e and row.kind == EVT and row.seq is not None and row.seq <= self.ack_seq:
+                self.prefetch.popleft()  # the coordinator has it already (confirmed meanwhile)
+                self.cursor = row.id
+                continue
             payload = row.payload
             if row.kind == EVT and row.id <= self.backlog_id:
                 payload = wire.mark_replayed(payload)
@@ -385,7 +441,7 @@ class MqttLink:
             if info is None:
                 return
             self.prefetch.popleft()
-            self.window[info.mid] = (row.id, row.kind)
+            self.window[info.mid] = (row.id, row.kind, row.seq)
             self.cursor = row.id
 
     def _on_ack(self, mid: int, failed: bool, rc: int) -> None:
@@ -393,12 +449,20 @@ class MqttLink:
         entry = self.window.pop(mid, None)
         if entry is None:
             return  # status/state/result, or a message of an earlier connection
+        row_id, kind, seq = entry
         if failed:
-            log.error("the broker refused outbox row %d (reason code %d): kept, retried at the next start", entry[0], rc)
-            self.outbox.mark_failed(entry[0], entry[1], rc)
+            log.error("the broker refused outbox row %d (reason code %d): kept, retried at the next start", row_id, rc)
+            self.outbox.mark_failed(row_id, kind, rc)
+            return
+        self.stats["acked"] += 1
+        if self.e2e and kind == EVT:
+            # Kept until the coordinator's ack covers it (module docstring).
+            if seq is not None and seq > self.pubacked_seq:
+                self.pubacked_seq = seq
+                if seq > self.ack_seq and self.unconfirmed_since is None:
+                    self.unconfirmed_since = time.monotonic()
         else:
-            self.acked.append(entry)
-            self.stats["acked"] += 1
+            self.acked.append((row_id, kind))
 
     def _flush(self) -> None:
         if not self.acked or self.outbox is None:
@@ -413,7 +477,7 @@ class MqttLink:
     def _rewind(self) -> None:
         """Forget what paho held; resume from the oldest unacknowledged row."""
         if self.window:
-            self.cursor = min(i for i, _ in self.window.values()) - 1
+            self.cursor = min(i for i, _, _ in self.window.values()) - 1
         self.window.clear()
         self.prefetch.clear()
         self.more = True
@@ -435,6 +499,105 @@ class MqttLink:
         if self.alarm_raised or (alarms.get("broker_unreachable") or {}).get("active"):
             self.core.post(amf_types.ExternalAlarm("broker_unreachable", False))
             self.alarm_raised = False
+
+    # ------------------------------------------------------------------ the coordinator ------
+    def _seen_central(self) -> None:
+        if self.m.end_to_end_ack == "auto" and not self.e2e and self.outbox is not None:
+            self.e2e = True
+            self.outbox.set_central_seen()
+            log.info("a coordinator answers for %s: events now stay in the outbox until it has stored them "
+                     "(mqtt.end_to_end_ack auto)", self.site)
+
+    def _central_status(self, payload: bytes) -> None:
+        """The coordinator's retained status: online drives the re-send, offline the alarm."""
+        if not payload:  # the retained status was removed: no coordinator to speak of
+            online = None
+        else:
+            try:
+                online = wire.CentralStatus.model_validate_json(payload).online
+            except ValidationError as e:
+                log.warning("ignoring a malformed %s (%d bytes): %s", wire.CENTRAL_STATUS_TOPIC, len(payload),
+                            str(e).splitlines()[0])
+                return
+        if online and not self.central_online and self.unconfirmed_since is not None:
+            self.unconfirmed_since = time.monotonic()  # give a coordinator that just came up its window
+        self.central_online = online
+        alarm = online is False
+        if alarm != self.coord_alarm:  # the first answer always goes: it clears a stale alarm
+            self.coord_alarm = alarm
+            self.core.post(amf_types.ExternalAlarm(
+                "coordinator_unreachable", alarm,
+                "the coordinator's status on the broker says offline; events wait in the outbox" if alarm else ""))
+
+    def _central_ack(self, payload: bytes) -> None:
+        """The coordinator has stored every event up to (boot, seq): forget those rows."""
+        if not payload or self.outbox is None:
+            return
+        try:
+            ack = wire.CentralAck.model_validate_json(payload)
+        except ValidationError as e:
+            self.stats["acks_ignored"] += 1
+            log.warning("ignoring a malformed central ack (%d bytes): %s", len(payload), str(e).splitlines()[0])
+            return
+        if ack.site != self.site:
+            self.stats["acks_ignored"] += 1
+            log.warning("ignoring a central ack for site %r on %s's topic", ack.site, self.site)
+            return
+        high = self.outbox.high_water_seq()
+        if ack.boot > self.boot or ack.seq > high:
+            self.stats["acks_ignored"] += 1
+            log.warning("ignoring the coordinator's ack (boot %d, seq %d): this agent is at boot %d, seq %d, so it "
+                        "is not about this store (a new SD card under an old site id?); events are kept",
+                        ack.boot, ack.seq, self.boot, high)
+            return
+        self._seen_central()
+        now = time.monotonic()
+        if ack.seq > self.ack_seq:
+            self.resend_factor = 1
+            self.unconfirmed_since = now if self.pubacked_seq > ack.seq else None
+        elif ack.seq < self.ack_seq:
+            log.warning("the coordinator's ack went back from seq %d to %d", self.ack_seq, ack.seq)
+        self.ack_seq = ack.seq
+        if self.e2e:
+            n = self.outbox.confirm(ack.seq)
+            self.stats["confirmed"] += n
+
+    def _check_stall(self, now: float) -> None:
+        """Coordinator online, its ack still, broker-acknowledged events beyond it: re-send."""
+        if not (self.e2e and self.connected and self.central_online and self.outbox is not None):
+            return
+        if self.unconfirmed_since is None or self.pubacked_seq <= self.ack_seq:
+            return
+        if now - self.unconfirmed_since < self.resend_wait:
+            return
+        first = self.outbox.first_event_after(self.ack_seq)
+        self.unconfirmed_since = now
+        if first is None:
+            return
+        waited = self.resend_wait
+        self.resend_factor = min(RESEND_BACKOFF_MAX, self.resend_factor * 2)
+        self.resend_wait = self.m.ack_resend_after_s * self.resend_factor * random.uniform(1.0, 1.25)
+        if self.resume_cursor is None:
+            self.resume_cursor = self.cursor
+        end = self.outbox.nth_event_after(self.ack_seq, RESEND_MAX_ROWS)
+        self.resend_end_id = min(end, self.resume_cursor) if end is not None else self.resume_cursor
+        self.backlog_id = max(self.backlog_id, self.resume_cursor)  # what goes again is "replayed"
+        self.cursor = first - 1
+        self.prefetch.clear()
+        self.more = True
+        self.stats["resends"] += 1
+        log.warning("the coordinator is online but its ack stays at seq %d for %.0f s with later events "
+                    "acknowledged by the broker (up to seq %d): re-sending from there", self.ack_seq, waited,
+                    self.pubacked_seq)
+        self.core.post(Record("outbox_resend", {"from_seq": self.ack_seq + 1, "to_seq": self.pubacked_seq,
+                                                "waited_s": round(waited, 1)}))
+
+    def _end_resend_round(self) -> None:
+        if self.resume_cursor is not None and self.resume_cursor > self.cursor:
+            self.cursor = self.resume_cursor
+            self.prefetch.clear()
+            self.more = True
+        self.resume_cursor = self.resend_end_id = None
 
     def _status(self, online: bool, reason: str) -> wire.Status:
         r = self.wall.read()
@@ -474,12 +637,24 @@ class MqttLink:
     def _publish_state(self) -> None:
         if self.view is None or not self.connected:
             return
-        parts = state_parts(self.view, self._reading(), self.cfg.ups.enabled, self.wall.read().epoch_s)
+        parts = state_parts(self.view, self._reading(), self.cfg.ups.enabled, self.wall.read().epoch_s,
+                            probes=self._probes())
         for part, model in parts.items():
-            key = model.model_dump_json(exclude={"ts"})
+            key = model.model_dump_json(exclude=_CHANGE_EXCLUDE.get(part, {"ts"}))
             if self._last_state.get(part) != key:
                 if self._publish(wire.state_topic(self.site, part), model.dump(), retain=True) is not None:
                     self._last_state[part] = key
+
+    def _probes(self) -> dict[str, wire.ServiceProbe] | None:
+        try:
+            return self.probe_results() if self.probe_results else None
+        except Exception:  # a probe bug must not stop the link
+            log.exception("probe_results failed")
+            return None
+
+    def refresh_state(self) -> None:
+        """Any thread: something the state parts show changed (a service probe): publish it."""
+        self.q.put(("refresh",))
 
     def _telemetry(self) -> None:
         if self.outbox is None:
@@ -566,13 +741,15 @@ def _retire(client: mqtt.Client | None) -> None:
 
 
 def start_mqtt(cfg, core, store_path: str, *, ups_command: UpsCommand | None = None,
-               ups_reading: Callable[[], Any] | None = None, wall=None) -> MqttLink | None:
+               ups_reading: Callable[[], Any] | None = None, wall=None,
+               probe_results: Callable[[], dict[str, wire.ServiceProbe]] | None = None) -> MqttLink | None:
     """Start the MQTT link for ``siaga run`` (None when ``mqtt.enabled`` is false). Call after
     ``core.boot()``: the outbox hook is installed on the core thread, in one step with a backfill
     of what was journalled before it, so nothing committed since boot is missed. ``.stop()`` it
     after the core loop has ended."""
     if not cfg.mqtt.enabled:
         return None
-    link = MqttLink(cfg, core, store_path, ups_command=ups_command, ups_reading=ups_reading, wall=wall)
+    link = MqttLink(cfg, core, store_path, ups_command=ups_command, ups_reading=ups_reading, wall=wall,
+                    probe_results=probe_results)
     link.start()
     return link

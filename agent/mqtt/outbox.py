@@ -35,6 +35,11 @@ journal record each time it is crossed, a warning in the log), and the disk keep
 losing the record of what the generator did is worse than a fuller SD card, and at a few hundred
 bytes per event a million events is a few hundred MB.
 
+End-to-end acknowledgement (agent/mqtt/link.py): with it on, event rows are not deleted on
+PUBACK but by :meth:`Outbox.confirm`, when the coordinator says it has stored every event up to a
+journal seq. Event rows get their ids in seq order, so the confirmed rows are a prefix of the event
+rows: found by walking the primary key from the front (no index on seq needed).
+
 Rows the broker refuses (a failure reason code, e.g. 135 Not authorized after an ACL mistake) are
 marked ``failed_rc`` and skipped, so one refused message cannot stall the rest; they are retried
 at the next agent start (:meth:`Outbox.retry_failed`), and counted in telemetry meanwhile.
@@ -54,6 +59,7 @@ log = logging.getLogger("siaga.outbox")
 
 HW_KEY = "outbox_seq"  # store meta (get_meta/set_meta namespace): highest journal seq queued
 _HW_META = "x." + HW_KEY
+_SEEN_META = "x.outbox_central_seen"  # a coordinator has acknowledged this site (end_to_end_ack auto)
 EVT, TELE = "evt", "tele"
 
 
@@ -185,6 +191,50 @@ class Outbox:
         self.events -= max(0, n_ev)
         self.telemetry -= max(0, n_te)
         self.over_cap = self.over_cap and self.depth > self.max_rows
+
+    # ------------------------------------------------------------------ end-to-end ack --------
+    def high_water_seq(self) -> int:
+        """The highest journal seq ever queued here (an ack beyond it is not about this store)."""
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (_HW_META,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def central_seen(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM meta WHERE key = ?", (_SEEN_META,)).fetchone() is not None
+
+    def set_central_seen(self) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, '1') ON CONFLICT (key) DO NOTHING", (_SEEN_META,))
+
+    def first_event_after(self, seq: int) -> int | None:
+        """The outbox id of the oldest sendable event row with a journal seq above ``seq``."""
+        row = self.conn.execute(f"SELECT id FROM outbox WHERE kind = '{EVT}' AND seq > ? AND failed_rc IS NULL"
+                                " ORDER BY id LIMIT 1", (seq,)).fetchone()
+        return row[0] if row else None
+
+    def nth_event_after(self, seq: int, n: int) -> int | None:
+        """The outbox id of the ``n``-th sendable event row above ``seq`` (None: fewer than n)."""
+        row = self.conn.execute(f"SELECT id FROM outbox WHERE kind = '{EVT}' AND seq > ? AND failed_rc IS NULL"
+                                " ORDER BY id LIMIT 1 OFFSET ?", (seq, max(0, n - 1))).fetchone()
+        return row[0] if row else None
+
+    def confirm(self, seq: int) -> int:
+        """The coordinator has stored every event up to journal ``seq``: delete those rows (refused
+        ones too: it has them). Returns how many went."""
+        row = self.conn.execute(f"SELECT id FROM outbox WHERE kind = '{EVT}' AND seq > ? ORDER BY id LIMIT 1",
+                                (seq,)).fetchone()
+        where = f"kind = '{EVT}' AND seq <= ?" + (" AND id < ?" if row else "")
+        args = (seq, row[0]) if row else (seq,)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            n_ok = self.conn.execute(f"DELETE FROM outbox WHERE {where} AND failed_rc IS NULL", args).rowcount
+            n_failed = self.conn.execute(f"DELETE FROM outbox WHERE {where} AND failed_rc IS NOT NULL", args).rowcount
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.events -= max(0, n_ok)
+        self.failed -= max(0, n_failed)
+        self.over_cap = self.over_cap and self.depth > self.max_rows
+        return max(0, n_ok) + max(0, n_failed)
 
     def mark_failed(self, row_id: int, kind: str, reason_code: int) -> None:
         if self.conn.execute("UPDATE outbox SET failed_rc = ? WHERE id = ? AND failed_rc IS NULL",

@@ -46,7 +46,10 @@ def load_on(view: dict) -> str:
     return "unknown"
 
 
-def state_parts(view: dict, reading: Any, ups_configured: bool, ts: float) -> dict[str, wire.Wire]:
+def state_parts(view: dict, reading: Any, ups_configured: bool, ts: float,
+                probes: dict[str, wire.ServiceProbe] | None = None) -> dict[str, wire.Wire]:
+    """Every retained state part. ``probes``: the service probes' last results (agent/probes.py),
+    by service name, shown in ``state/services``."""
     inputs = view.get("inputs") or {}
     alarms = view.get("alarms") or {}
     counters = view.get("counters") or {}
@@ -74,7 +77,7 @@ def state_parts(view: dict, reading: Any, ups_configured: bool, ts: float) -> di
             active=sorted(n for n, a in alarms.items() if a.get("active")),
             unacked=sum(1 for a in alarms.values() if not a.get("acked"))),
         "services": wire.ServicesState(ts=ts, fsd=bool(view.get("fsd")), power_ok=power_ok,
-                                       can_serve=power_ok and not view.get("fsd")),
+                                       can_serve=power_ok and not view.get("fsd"), probes=dict(probes or {})),
     }
 
 

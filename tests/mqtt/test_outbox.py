@@ -190,3 +190,34 @@ def test_counts_match_the_table_and_events_are_never_dropped(tmp_path_factory, o
         assert ob.telemetry == 0 or ob.depth <= cap
     ob.close()
     s.close()
+
+
+# ------------------------------------------------------- end-to-end ack (agent/mqtt/link.py) ---
+def test_confirm_deletes_exactly_the_events_up_to_the_ack_refused_ones_too(store: Store) -> None:
+    hook = enqueue_hook(SITE)
+    recs = store.commit(entries(4), also=hook)
+    ob = outbox_of(store)
+    ob.add_telemetry("siaga/sambas/tele", b"{}")
+    recs += store.commit(entries(4), also=hook)
+    ob.added_events(4)  # what the link does when the core says it committed more
+    rows = ob.read(0, 100)
+    ob.mark_failed(rows[1].id, EVT, 135)  # refused by the broker: the coordinator may still have it
+    assert ob.first_event_after(recs[2].seq) == rows[3].id
+    assert ob.nth_event_after(0, 3) == rows[3].id and ob.nth_event_after(0, 99) is None
+    assert ob.high_water_seq() == recs[-1].seq
+    assert ob.confirm(recs[4].seq) == 5
+    left = [(r.kind, r.seq) for r in ob.read(0, 100)]
+    assert left == [(TELE, None)] + [(EVT, r.seq) for r in recs[5:]]  # telemetry is not the coordinator's
+    assert (ob.events, ob.failed, ob.telemetry) == (3, 0, 1)
+    assert ob.confirm(recs[4].seq) == 0  # the same ack again: nothing more
+    assert ob.confirm(recs[-1].seq) == 3 and ob.events == 0
+    assert ob.first_event_after(0) is None
+
+
+def test_central_seen_is_remembered_in_the_store(store: Store) -> None:
+    ob = outbox_of(store)
+    assert not ob.central_seen()
+    ob.set_central_seen()
+    ob.set_central_seen()
+    ob.close()
+    assert outbox_of(store).central_seen()
