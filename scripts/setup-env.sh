@@ -44,7 +44,7 @@ ensure_env() {  # ensure_env EXTRAS  (e.g. "test" or "test,central")
       echo "setup: installing the Python packages failed (full log: .venv/pip-install.log)" >&2
       exit 1
     fi
-    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis, cryptography" \
+    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis, cryptography, fastapi, uvicorn, prometheus_client, httpx" \
       || { echo "setup: the installed environment is incomplete" >&2; exit 1; }
     touch "$stamp"
   fi
