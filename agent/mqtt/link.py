@@ -45,8 +45,11 @@ little jitter so a fleet does not re-send in step). ``auto`` (the default) turns
 (remembered in the store) the first time a coordinator acknowledges this site: a site with no
 coordinator (or one that does not acknowledge) keeps draining on PUBACK. An ack that cannot be this agent's
 (a boot or seq it has never reached: a new SD card under an old site id) is ignored and logged.
-The coordinator's status also drives ``coordinator_unreachable``: raised while its retained status
-says offline (not when the broker is unreachable: that is ``broker_unreachable``).
+The coordinator's status also drives ``coordinator_unreachable``: raised once its retained status
+has said offline for ``alarm_after_s`` (as for the broker: a restart of the coordinator or of the
+broker, whose shutdown publishes the coordinator's Will, is no alarm in every office), counted only
+while connected and after a status heard on the current connection; cleared as soon as it says
+online. Not raised when the broker is unreachable: that is ``broker_unreachable``.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from agent.mqtt import commands as mqtt_commands
 from agent.control.alarms import AlarmChanged
 from agent.control.core import Call, Record
 from agent.mqtt.state import state_parts, telemetry
-from agent.mqtt.outbox import EVT, Outbox, backfill, enqueue_hook
+from agent.mqtt.outbox import EVT, Outbox, backfill, enqueue_hook, last_row_id
 
 log = logging.getLogger("siaga.mqtt")
 
@@ -148,6 +151,8 @@ class MqttLink:
         self.e2e = self.m.end_to_end_ack is True  # auto: decided in _open_db (seen before?)
         self.central_online: bool | None = None  # the coordinator's retained status; None: unknown
         self.coord_alarm: bool | None = None  # what we last told the core about coordinator_unreachable
+        self.coord_offline_since: float | None = None  # its status has said offline since (mono)
+        self.central_heard = False  # a status of the coordinator arrived on this connection
         self.ack_seq = 0  # the coordinator's last trusted ack (journal seq)
         self.pubacked_seq = 0  # highest event seq the broker acknowledged in this process
         self.unconfirmed_since: float | None = None  # broker-acked events beyond the ack since (mono)
@@ -174,16 +179,19 @@ class MqttLink:
             self.thread.join(timeout)
 
     # ------------------------------------------------------------------ core thread ---------
-    def _install(self, core) -> tuple[int, dict]:
-        n = 0
+    def _install(self, core) -> tuple[int, dict, int | None]:
+        """Returns (rows backfilled, the view, the last outbox id now): the worker counts the rows
+        up to that id afresh, and every later commit tells it ``("events", n)``."""
+        n, last = 0, None
         if self.use_outbox:
             core.tx_hooks.append(self._hook)
             try:
                 n = backfill(core.store, self.site, core.boot_no)
+                last = last_row_id(core.store)
             except Exception:  # the store is failing: new records are still queued by the hook
                 log.exception("outbox backfill failed")
         core.sinks.append(self._sink)
-        return n, core_view(core)
+        return n, core_view(core), last
 
     def _uninstall(self, core) -> None:
         for hooks, fn in ((core.tx_hooks, self._hook), (core.sinks, self._sink)):
@@ -341,6 +349,7 @@ class MqttLink:
             self.next_tele = now + self.m.telemetry_interval_s
             self._telemetry()
         self._check_stall(now)
+        self._coordinator_alarm(now)
         self.commands.expire(now)
         self._watchdog(now)
 
@@ -385,8 +394,11 @@ class MqttLink:
         elif kind == "installed":
             result = item[1]
             if isinstance(result, tuple):
-                n, self.view = result
-                if n and self.outbox:
+                n, self.view, last = result
+                if self.outbox and last is not None:
+                    if self.outbox.recount(last):  # exact, whatever was committed while it opened
+                        self._over_cap()
+                elif n and self.outbox:
                     self.outbox.added_events(n)
                 self.boot = self.view["boot"]
             else:
@@ -492,6 +504,7 @@ class MqttLink:
         self.window_max = max(1, min(MAX_INFLIGHT, receive_max or MAX_INFLIGHT))
         self.backlog_id = self.outbox.last_id() if self.outbox else 0
         self._conn_epoch, self.connected, self.down_since = epoch, True, None
+        self.central_heard = False
         log.info("MQTT connected to %s:%d (session present: %s, backlog %d)", self.m.host, self.m.port,
                  session_present, self.outbox.depth if self.outbox else 0)
         self._birth()
@@ -521,13 +534,26 @@ class MqttLink:
                 return
         if online and not self.central_online and self.unconfirmed_since is not None:
             self.unconfirmed_since = time.monotonic()  # give a coordinator that just came up its window
-        self.central_online = online
-        alarm = online is False
-        if alarm != self.coord_alarm:  # the first answer always goes: it clears a stale alarm
-            self.coord_alarm = alarm
+        self.central_online, self.central_heard = online, True
+        if online is False:
+            self.stats["coordinator_offline"] = self.stats.get("coordinator_offline", 0) + 1
+            if self.coord_offline_since is None:
+                self.coord_offline_since = time.monotonic()
+        else:
+            self.coord_offline_since = None
+            if self.coord_alarm is not False:  # the first answer always goes: it clears a stale alarm
+                self.coord_alarm = False
+                self.core.post(amf_types.ExternalAlarm("coordinator_unreachable", False, ""))
+
+    def _coordinator_alarm(self, now: float) -> None:
+        since = self.coord_offline_since
+        if (self.connected and self.central_heard and self.central_online is False and since is not None
+                and now - since >= self.alarm_after_s and self.coord_alarm is not True):
+            self.coord_alarm = True
             self.core.post(amf_types.ExternalAlarm(
-                "coordinator_unreachable", alarm,
-                "the coordinator's status on the broker says offline; events wait in the outbox" if alarm else ""))
+                "coordinator_unreachable", True,
+                f"the coordinator's status on the broker says offline (for {now - since:.0f} s); "
+                "events wait in the outbox"))
 
     def _central_ack(self, payload: bytes) -> None:
         """The coordinator has stored every event up to (boot, seq): forget those rows."""

@@ -117,6 +117,13 @@ def backfill(store: Store, site: str, boot: int) -> int:
         n += len(records)
 
 
+def last_row_id(store: Store) -> int:
+    """Core thread: the highest outbox id so far (0: none yet)."""
+    with store.transaction() as conn:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return row[0] if row else 0
+
+
 @dataclass(frozen=True)
 class Row:
     id: int
@@ -168,6 +175,16 @@ class Outbox:
         return [Row(*r) for r in self.conn.execute(
             "SELECT id, kind, seq, topic, payload FROM outbox WHERE id > ? AND failed_rc IS NULL"
             " ORDER BY id LIMIT ?", (after_id, limit))]
+
+    def recount(self, upto_id: int) -> bool:
+        """Count the rows up to ``upto_id`` afresh (later ones are announced by ``added_events``).
+        Returns True when that puts the outbox over the cap."""
+        counts = {(k, ok): n for k, ok, n in self.conn.execute(
+            "SELECT kind, failed_rc IS NULL, count(*) FROM outbox WHERE id <= ? GROUP BY kind, failed_rc IS NULL",
+            (upto_id,))}
+        self.events, self.telemetry = counts.get((EVT, 1), 0), counts.get((TELE, 1), 0)
+        self.failed = counts.get((EVT, 0), 0) + counts.get((TELE, 0), 0)
+        return self.enforce_cap()
 
     def added_events(self, n: int) -> bool:
         """The core committed ``n`` more events. Returns True when the cap was just crossed."""

@@ -222,8 +222,7 @@ def test_broker_sigkilled_right_after_acknowledging_events_are_sent_again(tmp_pa
     central.wait(lambda: central.contiguous() >= first, "the first events stored")
     until("confirmed rows deleted", lambda: not evt_rows(r))
     central.crash()  # its session stays on the broker, queueing what comes in (in memory)
-    until("coordinator_unreachable raised",
-          lambda: r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
+    until("the agent sees the coordinator's Will", lambda: r.link.central_online is False)
     last = flood(r, 300, "lost")
     until("the broker acknowledged all of them", lambda: r.link.pubacked_seq >= last)
     assert evt_rows(r)[0] == first + 1 and evt_rows(r)[-1] == last  # all kept: nobody stored them yet
@@ -232,8 +231,6 @@ def test_broker_sigkilled_right_after_acknowledging_events_are_sent_again(tmp_pa
     central2 = coordinator(made, b, client_id="central-e2e", stored=central.stored, clean_start=False,
                            session_expiry_s=3600)
     assert central2.session_present is False  # the broker lost the session and its queue
-    until("coordinator_unreachable cleared",
-          lambda: not r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
     central2.wait(lambda: central2.contiguous() >= last, "every event stored after the re-send", timeout=60)
     until("every row confirmed and deleted", lambda: not evt_rows(r))
     journal = r.journal()
@@ -254,8 +251,7 @@ def test_coordinator_restart_resends_from_its_ack(tmp_path, broker, made):
     central.wait(lambda: len({e["seq"] for e in central.received}) >= last, "everything received once")
     assert central.contiguous() == keep
     central.crash()
-    until("coordinator_unreachable raised",
-          lambda: r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
+    until("the agent sees the coordinator's Will", lambda: r.link.central_online is False)
     assert len(evt_rows(r)) >= last - keep  # unconfirmed: kept
     stored = {s: e for s, e in central.stored.items() if s <= keep}
     central2 = coordinator(made, broker, client_id="fake-central-2", stored=stored)
@@ -263,8 +259,6 @@ def test_coordinator_restart_resends_from_its_ack(tmp_path, broker, made):
     firsts = [e["seq"] for e in central2.received if e["name"] == "flood"]
     assert firsts[0] == keep + 1  # from the acknowledged point, not from the start
     until("outbox drained", lambda: not [s for s in evt_rows(r) if s <= last])
-    until("coordinator_unreachable cleared",
-          lambda: not r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
 
 
 def test_resends_are_spaced_and_bounded_when_the_coordinator_never_catches_up(tmp_path, broker, made, monkeypatch):
@@ -286,19 +280,40 @@ def test_resends_are_spaced_and_bounded_when_the_coordinator_never_catches_up(tm
     assert evt_rows(r)[:last] == list(range(1, last + 1))  # never confirmed: all still kept
 
 
+def _alarm(r: AgentRig, name: str) -> bool:
+    return bool(r.status()["alarms"].get(name, {}).get("active"))
+
+
 def test_coordinator_status_drives_its_alarm_not_the_broker(tmp_path, made):
     b = start_broker(tmp_path)
     made.append(b)
-    r = rig(made, tmp_path, b)
+    b.stop()
+    r = AgentRig(tmp_path, b.host, b.port, link_kwargs={"alarm_after_s": 1.0})
+    made.append(r)
+    # No broker: broker_unreachable, and nothing about the coordinator (nobody has said anything).
+    until("broker_unreachable raised", lambda: _alarm(r, "broker_unreachable"))
+    assert "coordinator_unreachable" not in r.status()["alarms"]
+    b.start()
     central = coordinator(made, b)
-    central.crash()
-    until("raised", lambda: r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
+    until("online seen", lambda: r.link.connected and r.link.central_online is True)
+    central.crash()  # its Will: offline
+    until("raised after alarm_after_s", lambda: _alarm(r, "coordinator_unreachable"))
+    assert "says offline" in r.status()["alarms"]["coordinator_unreachable"]["detail"]
     coordinator(made, b, client_id="fake-central-2")
-    until("cleared", lambda: not r.status()["alarms"].get("coordinator_unreachable", {}).get("active"))
-    b.stop()  # the broker gone says nothing about the coordinator: broker_unreachable's business
-    until("disconnected", lambda: not r.link.connected)
-    time.sleep(0.5)
-    assert not r.status()["alarms"].get("coordinator_unreachable", {}).get("active")
+    until("cleared when it says online", lambda: not _alarm(r, "coordinator_unreachable"))
+    raised = [e.detail["status"] for e in r.journal() if e.kind == "alarm" and e.name == "coordinator_unreachable"]
+    assert raised == ["raised", "cleared"]
+
+
+def test_a_coordinator_restart_is_no_alarm(tmp_path, broker, made):
+    r = rig(made, tmp_path, broker)  # alarm_after_s: the default 10 minutes
+    central = coordinator(made, broker)
+    until("online seen", lambda: r.link.central_online is True)
+    central.crash()
+    until("offline seen", lambda: r.link.stats.get("coordinator_offline"))
+    coordinator(made, broker, client_id="fake-central-2")
+    until("online again", lambda: r.link.central_online is True)
+    assert [e for e in r.journal() if e.kind == "alarm" and e.name == "coordinator_unreachable"] == []
 
 
 # --------------------------------------------------------------------------- junk (hypothesis) ---
@@ -363,14 +378,13 @@ def test_junk_acks_never_delete_what_is_not_acknowledged(offline_link, payload):
                   "ts": st.floats(allow_nan=True)}).map(lambda d: json.dumps(d).encode())))
 def test_junk_coordinator_status_is_ignored(offline_link, payload):
     link = offline_link
-    link.central_online, link.coord_alarm = True, False
+    link.central_online, link.coord_alarm, link.coord_offline_since = True, False, None
     link.core.posted.clear()
     link._central_status(payload)
     try:
         online = wire.CentralStatus.model_validate_json(payload).online if payload else None
     except Exception:
-        assert (link.central_online, link.core.posted) == (True, [])  # unchanged
+        assert (link.central_online, link.core.posted, link.coord_offline_since) == (True, [], None)  # unchanged
         return
-    assert link.central_online is online
-    alarms = [e for e in link.core.posted if getattr(e, "name", "") == "coordinator_unreachable"]
-    assert [a.active for a in alarms] == ([True] if online is False else [])
+    assert link.central_online is online and link.core.posted == []  # offline: the alarm waits its delay
+    assert (link.coord_offline_since is not None) == (online is False)
