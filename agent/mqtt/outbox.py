@@ -1,5 +1,6 @@
 """The MQTT outbox: every journal event (and every telemetry sample) waits here, on disk, until the
-broker has acknowledged it (PUBACK with a success reason code). paho keeps unacknowledged QoS 1
+broker has acknowledged it (PUBACK with a success reason code) or, for events with the end-to-end
+acknowledgement on, until the coordinator says it has stored it (below). paho keeps unacknowledged QoS 1
 messages in memory only, at most 65,535 of them, and loses them with the process
 (paho keeps offline publishes in memory only); a Pi in a server room with the mains out is exactly the machine
 that reboots in the middle of a multi-day WAN outage.

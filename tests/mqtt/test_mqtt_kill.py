@@ -5,7 +5,11 @@ coordinator-like subscriber must receive every event of the journal, in order, w
 and no missing id; duplicates (at-least-once) are counted and reported, and dropped by id as
 central does.
 
-The store runs with ``synchronous: full``, as on a Pi: one fsync per journal commit."""
+The store runs with ``synchronous: full``, as on a Pi: one fsync per journal commit.
+
+There is no coordinator here, only a subscriber: ``mqtt.end_to_end_ack`` is left at ``auto``, which
+deletes on the broker's PUBACK until a coordinator first acknowledges the site, so the outbox must
+still empty (tests/mqtt/test_e2e_ack.py covers the other side)."""
 
 from __future__ import annotations
 

@@ -221,3 +221,18 @@ def test_central_seen_is_remembered_in_the_store(store: Store) -> None:
     ob.set_central_seen()
     ob.close()
     assert outbox_of(store).central_seen()
+
+
+def test_recount_counts_up_to_an_id_exactly(store: Store) -> None:
+    hook = enqueue_hook(SITE)
+    store.commit(entries(3), also=hook)
+    ob = outbox_of(store)  # counts 3
+    ob.add_telemetry("siaga/sambas/tele", b"{}")
+    ob.mark_failed(ob.read(0, 1)[0].id, EVT, 135)
+    last = ob.last_id()
+    store.commit(entries(2), also=hook)  # after the id the recount stops at: announced separately
+    ob.events = 99
+    assert ob.recount(last) is False
+    assert (ob.events, ob.telemetry, ob.failed) == (2, 1, 1)
+    ob.added_events(2)
+    assert ob.events == 4
