@@ -91,6 +91,8 @@ BROKER_ALARM_AFTER_S = 600.0
 STOP_GRACE_S = 2.0
 RESEND_MAX_ROWS = 10_000  # a re-send round re-reads at most this many unconfirmed rows
 RESEND_BACKOFF_MAX = 16  # the wait between rounds without progress doubles up to this factor
+CONFIRM_BATCH = 2000  # rows deleted per transaction when the coordinator's ack moves
+CONFIRM_GAP_S = 0.02  # between those transactions: the core's commit gets the write lock
 # State parts are published when they change; a probe's latency and check time alone is no change.
 _CHANGE_EXCLUDE: dict[str, Any] = {"services": {"ts": True, "probes": {"__all__": {"detail", "checked_at"}}}}
 _STATE_EFFECTS = (amf_types.Transition, AlarmChanged, amf_types.SetOutput, amf_types.FsdRequest, amf_types.CommandResult)
@@ -160,6 +162,8 @@ class MqttLink:
         self.resend_wait = self.m.ack_resend_after_s
         self.resend_end_id: int | None = None  # a re-send round: re-send up to this outbox id,
         self.resume_cursor: int | None = None  # then go on from here
+        self.confirm_to: int | None = None  # rows up to this seq still to delete (in batches)
+        self.next_confirm = 0.0
         self.thread: threading.Thread | None = None
         self.use_outbox = store_path != ":memory:"
         self._hook = enqueue_hook(self.site)
@@ -333,9 +337,10 @@ class MqttLink:
     def _timeout(self) -> float:
         if self.connected and self.more and len(self.window) < self.window_max:
             return 0.0
-        if self.acked:
-            return DELETE_EVERY_S
-        return 1.0
+        t = DELETE_EVERY_S if self.acked else 1.0
+        if self.confirm_to is not None:
+            t = max(0.0, min(t, self.next_confirm - time.monotonic()))
+        return t
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -348,6 +353,8 @@ class MqttLink:
         if now >= self.next_tele and self.view is not None:
             self.next_tele = now + self.m.telemetry_interval_s
             self._telemetry()
+        if self.confirm_to is not None and now >= self.next_confirm:
+            self._confirm_some()
         self._check_stall(now)
         self._coordinator_alarm(now)
         self.commands.expire(now)
@@ -585,8 +592,19 @@ class MqttLink:
             log.warning("the coordinator's ack went back from seq %d to %d", self.ack_seq, ack.seq)
         self.ack_seq = ack.seq
         if self.e2e:
-            n = self.outbox.confirm(ack.seq)
-            self.stats["confirmed"] += n
+            self.confirm_to = ack.seq
+            self._confirm_some()
+
+    def _confirm_some(self) -> None:
+        """Delete confirmed rows one batch at a time, a breath apart (the core may want to write)."""
+        if self.confirm_to is None or self.outbox is None:
+            return
+        n = self.outbox.confirm(self.confirm_to, CONFIRM_BATCH)
+        self.stats["confirmed"] += n
+        if n < CONFIRM_BATCH:
+            self.confirm_to = None
+        else:
+            self.next_confirm = time.monotonic() + CONFIRM_GAP_S
 
     def _check_stall(self, now: float) -> None:
         """Coordinator online, its ack still, broker-acknowledged events beyond it: re-send."""

@@ -147,6 +147,7 @@ class Outbox:
         self.failed = self.conn.execute("SELECT count(*) FROM outbox WHERE failed_rc IS NOT NULL").fetchone()[0]
         self.dropped_telemetry = 0
         self.over_cap = False
+        self._bound: tuple[int, int] | None = None  # confirm(): (ack seq, first id not covered)
 
     def close(self) -> None:
         self.conn.close()
@@ -234,25 +235,29 @@ class Outbox:
                                 " ORDER BY id LIMIT 1 OFFSET ?", (seq, max(0, n - 1))).fetchone()
         return row[0] if row else None
 
-    def confirm(self, seq: int) -> int:
-        """The coordinator has stored every event up to journal ``seq``: delete those rows (refused
-        ones too: it has them). Returns how many went."""
-        row = self.conn.execute(f"SELECT id FROM outbox WHERE kind = '{EVT}' AND seq > ? ORDER BY id LIMIT 1",
-                                (seq,)).fetchone()
-        where = f"kind = '{EVT}' AND seq <= ?" + (" AND id < ?" if row else "")
-        args = (seq, row[0]) if row else (seq,)
+    def confirm(self, seq: int, limit: int = 2000) -> int:
+        """The coordinator has stored every event up to journal ``seq``: delete the oldest
+        ``limit`` of those rows (refused ones too: it has them) in one short transaction, so the
+        core's commits never wait long behind it. Returns how many went (``limit``: call again)."""
+        if self._bound is None or self._bound[0] != seq:
+            row = self.conn.execute(f"SELECT id FROM outbox WHERE kind = '{EVT}' AND seq > ? ORDER BY id LIMIT 1",
+                                    (seq,)).fetchone()
+            # Rows are confirmed below this id (later rows have later seqs): the scans stay short.
+            self._bound = (seq, row[0] if row else self.last_id() + 1)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            n_ok = self.conn.execute(f"DELETE FROM outbox WHERE {where} AND failed_rc IS NULL", args).rowcount
-            n_failed = self.conn.execute(f"DELETE FROM outbox WHERE {where} AND failed_rc IS NOT NULL", args).rowcount
+            rows = self.conn.execute(f"SELECT id, failed_rc IS NULL FROM outbox WHERE id < ? AND kind = '{EVT}'"
+                                     " AND seq <= ? ORDER BY id LIMIT ?", (self._bound[1], seq, limit)).fetchall()
+            self.conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in rows])
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        self.events -= max(0, n_ok)
-        self.failed -= max(0, n_failed)
+        n_ok = sum(1 for _, ok in rows if ok)
+        self.events -= n_ok
+        self.failed -= len(rows) - n_ok
         self.over_cap = self.over_cap and self.depth > self.max_rows
-        return max(0, n_ok) + max(0, n_failed)
+        return len(rows)
 
     def mark_failed(self, row_id: int, kind: str, reason_code: int) -> None:
         if self.conn.execute("UPDATE outbox SET failed_rc = ? WHERE id = ? AND failed_rc IS NULL",

@@ -236,3 +236,10 @@ def test_recount_counts_up_to_an_id_exactly(store: Store) -> None:
     assert (ob.events, ob.telemetry, ob.failed) == (2, 1, 1)
     ob.added_events(2)
     assert ob.events == 4
+
+
+def test_confirm_goes_in_batches_oldest_first(store: Store) -> None:
+    recs = store.commit(entries(7), also=enqueue_hook(SITE))
+    ob = outbox_of(store)
+    assert [ob.confirm(recs[4].seq, limit=2) for _ in range(4)] == [2, 2, 1, 0]
+    assert [r.seq for r in ob.read(0, 10)] == [r.seq for r in recs[5:]] and ob.events == 2
