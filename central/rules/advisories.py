@@ -24,32 +24,57 @@ def service_table(offices: dict[str, Office], states: dict[str, fleet.OfficeStat
             for site, o in offices.items()}
 
 
-def _alternatives(site: str, service: str, offices: dict[str, Office], table: dict[str, dict[str, dict]],
-                  rules: Rules) -> list[dict]:
+def serving_sets(offices: dict[str, Office], table: dict[str, dict[str, dict]]) -> dict[str, tuple[str, ...]]:
+    """service -> the offices serving it now (sorted)."""
+    out: dict[str, list[str]] = {}
+    for site in sorted(offices):
+        for service, st in table.get(site, {}).items():
+            if st["status"] == "serving":
+                out.setdefault(service, []).append(site)
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _alternatives(site: str, service: str, offices: dict[str, Office], serving: tuple[str, ...],
+                  rules: Rules, cache: dict | None) -> list[dict]:
+    """The nearest offices serving ``service``. ``cache`` (optional, kept by the caller between
+    calls) remembers the answer per office and set of serving offices: with many offices out at
+    once this is the costly part (offices x serving offices distances)."""
+    key = (site, service, hash(serving))
+    if cache is not None and key in cache:
+        return cache[key]
     here = offices[site]
     out = []
-    for other, o in offices.items():
-        if other == site or table.get(other, {}).get(service, {}).get("status") != "serving":
+    for other in serving:
+        if other == site:
             continue
+        o = offices[other]
         d = None
         if None not in (here.latitude, here.longitude, o.latitude, o.longitude):
             d = round(distance_km(here.latitude, here.longitude, o.latitude, o.longitude), 1)
         out.append({"site": other, "name": o.name, "region": o.region, "address": o.address,
                     "distance_km": d, "status": "serving"})
     out.sort(key=lambda a: (a["distance_km"] is None, a["distance_km"] or 0.0, a["site"]))
-    return out[: rules.advisory_nearest]
+    out = out[: rules.advisory_nearest]
+    if cache is not None:
+        if len(cache) > 100_000:
+            cache.clear()
+        cache[key] = out
+    return out
 
 
 def advisory(site: str, offices: dict[str, Office], table: dict[str, dict[str, dict]], state: fleet.OfficeState,
-             now: float, rules: Rules) -> dict:
-    """The advisory of one office (the retained payload, JSON-ready)."""
+             now: float, rules: Rules, cache: dict | None = None,
+             serving: dict[str, tuple[str, ...]] | None = None) -> dict:
+    """The advisory of one office (the retained payload, JSON-ready). ``serving``
+    (:func:`serving_sets`) and ``cache`` save work when called for every office in turn."""
     o = offices[site]
+    serving = serving if serving is not None else serving_sets(offices, table)
     services = {}
     for name, st in table[site].items():
         sdef = rules.services.get(name)
         entry = {"label": sdef.label if sdef else name, "status": st["status"], "reason": st["reason"]}
         if st["status"] != "serving":
-            entry["alternatives"] = _alternatives(site, name, offices, table, rules)
+            entry["alternatives"] = [dict(a) for a in _alternatives(site, name, offices, serving.get(name, ()), rules, cache)]
         services[name] = entry
     return {"v": wire.V, "site": site, "name": o.name, "region": o.region,
             "status": serviceability.office_status(table[site]),

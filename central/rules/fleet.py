@@ -38,51 +38,45 @@ class OfficeState:
 
 
 def apply(s: OfficeState, kind: str, part: str | None, model: Any, rx: float) -> tuple[OfficeState, str | None]:
-    """Fold one message in; returns the new state and a note when something was ignored."""
+    """Fold one message in; returns the new state and a note when something was ignored.
+    (One ``replace`` per message: this runs for every message of the fleet.)"""
     if kind == "status":
         st: wire.Status = model
         if not st.online and s.boot is not None and st.boot < s.boot:
-            return replace(s, last_seen=s.last_seen), f"stale Will of boot {st.boot} (now boot {s.boot}) ignored"
+            return s, f"stale Will of boot {st.boot} (now boot {s.boot}) ignored"
         return replace(s, online=st.online, boot=st.boot, status_reason=st.reason, status_at=rx,
                        last_seen=rx if st.online else s.last_seen), None
-    s = replace(s, last_seen=rx)
     if kind == "meta":
-        return replace(s, meta=model), None
+        return replace(s, meta=model, last_seen=rx), None
     if kind == "tele":
         t: wire.Telemetry = model
-        s = replace(s, tele=(t, rx))
-        return _mains(s, t.mains, rx), None
+        return replace(s, tele=(t, rx), last_seen=rx, mains_out_since=_out_since(s, t.mains, rx)), None
     if kind == "state":
         parts = dict(s.parts)
         parts[part] = (model, rx)
-        s = replace(s, parts=parts)
+        changes: dict[str, Any] = {"parts": parts, "last_seen": rx}
         if part == "mains":
-            s = _mains(s, model.present, rx)
+            changes["mains_out_since"] = _out_since(s, model.present, rx)
         elif part == "services":
-            s = _national(s, model, rx)
+            down = any(p.ok is False for p in national_probes(model).values())
+            changes["national_down_since"] = (s.national_down_since or rx) if down else None
         elif part == "alarms":
-            low = bool((model.alarms.get("low_fuel") or wire.AlarmInfo(active=False, acked=True)).active)
-            s = replace(s, low_fuel_since=(s.low_fuel_since or rx) if low else None)
-        return s, None
-    return s, None  # evt, res: seen (heartbeat) only
+            low = "low_fuel" in model.alarms and model.alarms["low_fuel"].active
+            changes["low_fuel_since"] = (s.low_fuel_since or rx) if low else None
+        return replace(s, **changes), None
+    return replace(s, last_seen=rx), None  # evt, res: seen (heartbeat) only
 
 
-def _mains(s: OfficeState, present: bool | None, rx: float) -> OfficeState:
+def _out_since(s: OfficeState, present: bool | None, rx: float) -> float | None:
     if present is False:
-        return replace(s, mains_out_since=s.mains_out_since if s.mains_out_since is not None else rx)
+        return s.mains_out_since if s.mains_out_since is not None else rx
     if present is True:
-        return replace(s, mains_out_since=None)
-    return s
+        return None
+    return s.mains_out_since
 
 
 def national_probes(services: wire.ServicesState | None) -> dict[str, wire.ServiceProbe]:
     return {n: p for n, p in (services.probes if services else {}).items() if p.role == "national"}
-
-
-def _national(s: OfficeState, services: wire.ServicesState, rx: float) -> OfficeState:
-    probes = national_probes(services)
-    down = any(p.ok is False for p in probes.values())
-    return replace(s, national_down_since=(s.national_down_since or rx) if down else None)
 
 
 def part(s: OfficeState, name: str) -> Any:

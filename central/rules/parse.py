@@ -109,13 +109,16 @@ def parse(topic: str, payload: bytes, known_sites: frozenset[str] | set[str], ma
         return Rejected("unknown_site", f"site {site!r} is not in the registry", site)
     if not payload:
         return Rejected("empty", f"empty payload on {topic} (a retained message cleared)", site)
-    data, bad = _decode(payload)
-    if bad:
-        return Rejected(bad.cause, bad.detail, site)
     model = wire.STATE_MODELS[part] if kind == "state" else _MODELS[kind]
-    m, bad = _validate(model, data, site)
-    if bad:
-        return bad
+    try:  # the fast path (pydantic's own JSON parser); the slow one below names what is wrong
+        m = model.model_validate_json(payload)
+    except (ValidationError, ValueError, RecursionError):
+        data, bad = _decode(payload)
+        if bad:
+            return Rejected(bad.cause, bad.detail, site)
+        m, bad = _validate(model, data, site)
+        if bad:
+            return bad
     warnings: list[str] = []
     if kind == "meta" and m.site != site:
         warnings.append("site_mismatch")

@@ -34,6 +34,8 @@ from central.store import Store
 log = logging.getLogger("siaga.central")
 
 BATCH_MAX = 1000  # messages per transaction
+OFFICE_SAVE_EVERY_S = 5.0
+ADVISORIES_PER_TICK = 100
 NATIONAL_NOTICE_TOPIC = f"{wire.PREFIX}/{wire.CENTRAL}/national"
 
 
@@ -69,6 +71,8 @@ class Coordinator:
         self.mqtt = CentralMqtt(self.cfg.mqtt, password(loaded), self.post) if mqtt_client else None
         self._next_tick = 0.0
         self._last_prune = 0.0
+        self._last_save = 0.0
+        self._alt_cache: dict = {}
 
     # ------------------------------------------------------------------ any thread -----------
     def post(self, item: tuple) -> None:
@@ -101,7 +105,7 @@ class Coordinator:
         finally:
             if self.mqtt is not None:
                 self.mqtt.stop()
-            self.store.commit()
+            self._save_offices()
 
     def run_once(self, timeout: float) -> None:
         try:
@@ -115,6 +119,7 @@ class Coordinator:
             except queue.Empty:
                 break
         rxs = []
+        t_start = time.monotonic()
         for item in batch:
             try:
                 rx = self._handle(item)
@@ -124,17 +129,28 @@ class Coordinator:
                 continue
             if rx is not None:
                 rxs.append(rx)
+        t_handled = time.monotonic()
         if batch:
             self._flush()
             done = time.time()
             for rx in rxs:
                 self.metrics.lag.observe(max(0.0, done - rx))
             self._publish_acks()
+        t_acked = time.monotonic()
         self.metrics.queue.set(self.q.qsize())
         if self.clock() >= self._next_tick:
             self.tick()
+        t_end = time.monotonic()
+        if t_end - t_start > 0.5:
+            log.warning("slow turn: %d messages handled in %.3f s, committed and acked in %.3f s, tick %.3f s; %d waiting",
+                        len(batch), t_handled - t_start, t_acked - t_handled, t_end - t_acked, self.q.qsize())
 
     def _flush(self) -> None:
+        self.store.commit()
+
+    def _save_offices(self) -> None:
+        """Office state to the store (every few seconds, not per message: after a restart the
+        offices' retained messages refresh it anyway; events and alarms are committed per batch)."""
         for site in self._dirty:
             self.store.save_office(site, fleet.to_record(self.states[site]))
         self._dirty.clear()
@@ -203,7 +219,10 @@ class Coordinator:
         elif p.kind == "res":
             self._result(site, p.part, p.model, rx)
         elif p.kind == "tele":
-            self.store.add_telemetry(site, rx, p.model.model_dump(mode="json"))
+            t = p.model
+            self.store.add_telemetry(site, rx, {"ts": t.ts, "charge_pct": t.charge_pct, "runtime_s": t.runtime_s,
+                                                "load_pct": t.load_pct, "input_voltage": t.input_voltage,
+                                                "on_battery": t.on_battery, "mains": t.mains})
         old = self.states.get(site) or fleet.OfficeState(site)
         new, note = fleet.apply(old, p.kind, p.part, p.model, rx)
         if note:
@@ -294,11 +313,16 @@ class Coordinator:
             if (done := cmd_rules.expire(c, now)) is not None:
                 self.store.save_command(done)
                 self.store.audit(now, "central", "command_no_answer", {"id": c["id"], "site": c["site"]})
+        if now - self._last_save >= OFFICE_SAVE_EVERY_S:
+            self._last_save = now
+            self._save_offices()
         if now - self._last_prune > 3600:
             self._last_prune = now
             self.store.prune_telemetry(now - self.cfg.telemetry.raw_retention_h * 3600)
         table = advisories.service_table(offices, states, now, self.rules)
-        advs = {s: advisories.advisory(s, offices, table, states[s], now, self.rules) for s in offices}
+        serving = advisories.serving_sets(offices, table)
+        advs = {s: advisories.advisory(s, offices, table, states[s], now, self.rules, self._alt_cache, serving)
+                for s in offices}
         national = advisories.national_notice(offices, table, self.rules)
         self.store.commit()
         self._publish_advisories(advs, national, now)
@@ -329,13 +353,21 @@ class Coordinator:
         if self.mqtt is None or not self.connected:
             return
         refresh = self.rules.advisory_ttl_s / 3
+        changed, due = [], []
         for site, adv in advs.items():
             body = {k: v for k, v in adv.items() if k not in ("ts", "valid_until", "based_on")}
             digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
             sent = self._adv_sent.get(site)
-            if sent is None or sent[0] != digest or now - sent[1] >= refresh:
-                self.mqtt.publish(wire.central_advisory_topic(site), json.dumps(adv).encode(), retain=True)
-                self._adv_sent[site] = (digest, now)
+            if sent is None or sent[0] != digest:
+                changed.append((site, digest))
+            elif now - sent[1] >= refresh:
+                due.append((sent[1], site, digest))
+        # At most ADVISORIES_PER_TICK a turn, changes first, then the oldest renewals: a fleet-wide
+        # change (start-up, a national outage) is spread over a few ticks instead of one long one.
+        todo = changed + [(site, digest) for _, site, digest in sorted(due)]
+        for site, digest in todo[:ADVISORIES_PER_TICK]:
+            self.mqtt.publish(wire.central_advisory_topic(site), json.dumps(advs[site]).encode(), retain=True)
+            self._adv_sent[site] = (digest, now)
         digest = hashlib.sha256(json.dumps(national, sort_keys=True).encode()).hexdigest()
         sent = self._adv_sent.get("")
         if sent is None or sent[0] != digest or now - sent[1] >= refresh:
