@@ -654,7 +654,10 @@ class MqttLink:
         caps += [name for name, on in (("ups", cfg.ups.enabled), ("nut", cfg.nut.enabled),
                                        ("transfer", cfg.gpio.outputs.transfer is not None),
                                        ("outbox", self.use_outbox), ("simulated", cfg.hardware == "simulated"),
-                                       ("home_assistant", self.m.home_assistant_discovery)) if on]
+                                       ("home_assistant", self.m.home_assistant_discovery),
+                                       # reads siaga/_central/ack/<site> (unless end_to_end_ack: false)
+                                       ("e2e_ack", self.use_outbox and self.m.end_to_end_ack is not False),
+                                       ("probes", bool(cfg.services))) if on]
         return wire.Meta(site=s.id, name=s.name, region=s.region,
                          coordinates=wire.Coordinates(latitude=s.latitude, longitude=s.longitude),
                          timezone=s.timezone, version=__version__, boot=self.boot, capabilities=caps,

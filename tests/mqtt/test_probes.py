@@ -7,6 +7,7 @@ Mosquitto, and the whole ``siaga run`` process starting its probes."""
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import threading
 import time
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from agent import wire
-from agent.config import ConfigError, ServiceCheck, parse_config
+from agent.config import ConfigError, ServiceCheck, parse_config, split_host_port
 from agent.control import amf_types
 from agent.control.core import Record
 from agent.probes import Outcome, ProbeRunner, check_dns, check_http, check_tcp
@@ -215,6 +217,27 @@ def test_config_errors_say_what_and_where():
         "  - {name: a, kind: tcp, target: 'h:1', interval: 5}\n")
     msg = _problems("  - {name: a, kind: ping, target: 'h'}\n")
     assert "site.yaml:" in msg and "services[0].kind" in msg
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["http", "tcp", "dns"]),
+       target=st.one_of(st.text(max_size=40), st.builds(lambda h, p: f"{h}:{p}", st.text(max_size=12),
+                                                        st.integers(-5, 70000)),
+                        st.builds(lambda s, h, p: f"{s}://{h}:{p}/x", st.sampled_from(["http", "https", "ftp", ""]),
+                                  st.text(max_size=12), st.integers(-5, 70000))))
+def test_any_target_is_accepted_or_refused_with_a_message_never_a_crash(kind, target):
+    try:
+        c = parse_config(_without_services() + "services:\n" + f"  - {{name: a, kind: {kind}, target: {json.dumps(target)}}}\n",
+                         "site.yaml")
+    except ConfigError as e:
+        assert str(e).startswith("site.yaml:")
+        return
+    t = c.services[0].target
+    if kind == "tcp":
+        host, port = split_host_port(t)
+        assert 1 <= port <= 65535 and host
+    elif kind == "http":
+        assert t.startswith(("http://", "https://"))
 
 
 def test_example_configs_carry_valid_services_sections():
