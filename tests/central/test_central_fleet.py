@@ -7,12 +7,17 @@ real ``siaga run`` agents (hardware: simulated) in two regions.
 * The advisory for dark Sambas names the nearest serving office (Singkawang, on generator) with its
   distance, in the API and retained on siaga/_central/advisory/sambas.
 * A test exercise command to Samarinda (Kalimantan Timur): its result shows in the API.
+* The national service (a local HTTP server the test stops) becomes unreachable from the offices of
+  both regions that are still up -> ONE national incident, and no per-office pages for it; the
+  national notice says passport issuance (and same-day) is given nowhere while interviews still are.
 """
 
 from __future__ import annotations
 
+import http.server as http_server
 import signal
 import subprocess
+import threading
 import sys
 import time
 from pathlib import Path
@@ -35,7 +40,29 @@ SITES = {  # site id -> (region, extra simulation settings)
 }
 
 
-def start_agent(tmp: Path, site: str, port: int, sim: dict) -> Agent:
+class National:
+    """The national application service: a local HTTP server answering 200, until stopped."""
+
+    def __init__(self) -> None:
+        class H(http_server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a) -> None:
+                pass
+
+        self.srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/health"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.srv.shutdown()
+        self.srv.server_close()
+
+
+def start_agent(tmp: Path, site: str, port: int, sim: dict, national_url: str | None = None) -> Agent:
     d = tmp / site
     d.mkdir()
     import yaml
@@ -45,7 +72,10 @@ def start_agent(tmp: Path, site: str, port: int, sim: dict) -> Agent:
                                "longitude": o["longitude"], "timezone": "Asia/Pontianak"},
                       mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "keepalive_s": 2,
                             "reconnect_max_delay_s": 2, "telemetry_interval_s": 2},
-                      simulation={"gen_start_s": 3.0, "ups_runtime_s_at_load": 3600, "load_pct": 40, **sim})
+                      simulation={"gen_start_s": 3.0, "ups_runtime_s_at_load": 3600, "load_pct": 40, **sim},
+                      **({"services": [{"name": "national_app", "role": "national", "kind": "http",
+                                        "target": national_url, "interval_s": 1, "timeout_s": 0.5,
+                                        "down_after_failures": 1}]} if national_url else {}))
     a = Agent(cfg, d)
     a.start()
     return a
@@ -92,12 +122,16 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
     agents: dict[str, Agent] = {}
     status_watch = Subscriber(broker.host, broker.port, [wire.status_topic("sambas")], client_id="will-watch")
     adv_watch = Subscriber(broker.host, broker.port, [wire.central_advisory_topic("sambas")], client_id="adv-watch")
+    national = National()
     try:
         central = Central(cfg, api_port, tmp_path)
         for site, sim in SITES.items():
-            agents[site] = start_agent(tmp_path, site, broker.port, sim)
+            agents[site] = start_agent(tmp_path, site, broker.port, sim, national.url)
         until("three offices online", lambda: sorted(o["site"] for o in central.get("/api/fleet")["offices"]
                                                      if o["status"] == "online") == sorted(SITES), timeout=60)
+        until("the national service reachable from every office", lambda: all(
+            (o["national_service"] or {}).get("reachable") for o in central.get("/api/fleet")["offices"]
+            if o["site"] in SITES), timeout=60)
         assert central.get("/api/offices/sambas")["services"]["passport_issuance"]["status"] == "serving"
 
         # 1. two offices of Kalimantan Barat lose mains: one regional incident, probable
@@ -148,6 +182,29 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
                      timeout=60)
         assert done["status"] == "done" and done["result"]["ok"], done
         agents["samarinda"].until("the test run", lambda: agents["samarinda"].status()["reason"] == "test", timeout=30)
+
+        # 5. the national service goes away: one national incident, no per-office pages
+        national.stop()
+        nat = until("a national incident", lambda: [i for i in central.get("/api/incidents?open=true")["incidents"]
+                                                    if i["kind"] == "national_service_outage"], timeout=60)
+        assert len(nat) == 1 and set(nat[0]["members"]) == {"singkawang", "samarinda"}  # sambas is dark
+        alarms = until("both offices' service_unreachable alarms", lambda: [
+            a for a in central.get("/api/alarms?active=true")["alarms"] if a["kind"] == "service_unreachable"]
+            if len([a for a in central.get("/api/alarms?active=true")["alarms"] if a["kind"] == "service_unreachable"]) == 2
+            else None, timeout=60)
+        assert all(a["grouped_under"] == nat[0]["id"] for a in alarms)
+        decided = max(a["raised_at"] for a in alarms) + 5 + 1  # group_wait_s 5: past it, the pages are decided
+        until("past the group wait", lambda: central.get("/api/health")["built_at"] > decided, timeout=30)
+        pages = [n for n in central.get("/api/notifications")["notifications"] if "service_unreachable" in n["text"]]
+        assert pages == []
+        notice = central.get("/api/advisories")["national"]
+        assert [x["service"] for x in notice["unavailable_everywhere"]] == ["passport_issuance", "same_day"]
+        assert "interview_biometrics" in [x["service"] for x in notice["still_available"]]
+        samarinda = central.get("/api/offices/samarinda")["services"]
+        assert samarinda["passport_issuance"]["status"] == "not_serving"
+        assert samarinda["interview_biometrics"]["status"] == "serving"
+        assert len([i for i in central.get("/api/incidents?open=true")["incidents"]
+                    if i["kind"] == "national_service_outage"]) == 1
         assert central.proc.poll() is None
     finally:
         for a in agents.values():
@@ -157,4 +214,8 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
             central.stop()
         status_watch.close()
         adv_watch.close()
+        try:
+            national.stop()
+        except OSError:
+            pass
         broker.stop()
