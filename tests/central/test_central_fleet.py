@@ -62,7 +62,8 @@ class National:
         self.srv.server_close()
 
 
-def start_agent(tmp: Path, site: str, port: int, sim: dict, national_url: str | None = None) -> Agent:
+def start_agent(tmp: Path, site: str, port: int, sim: dict, national_url: str | None = None,
+                mqtt_extra: dict | None = None) -> Agent:
     d = tmp / site
     d.mkdir()
     import yaml
@@ -71,7 +72,7 @@ def start_agent(tmp: Path, site: str, port: int, sim: dict, national_url: str | 
     cfg = make_config(d, site={"id": site, "name": o["name"], "region": o["region"], "latitude": o["latitude"],
                                "longitude": o["longitude"], "timezone": "Asia/Pontianak"},
                       mqtt={"enabled": True, "host": "127.0.0.1", "port": port, "keepalive_s": 2,
-                            "reconnect_max_delay_s": 2, "telemetry_interval_s": 2},
+                            "reconnect_max_delay_s": 2, "telemetry_interval_s": 2, **(mqtt_extra or {})},
                       simulation={"gen_start_s": 3.0, "ups_runtime_s_at_load": 3600, "load_pct": 40, **sim},
                       **({"services": [{"name": "national_app", "role": "national", "kind": "http",
                                         "target": national_url, "interval_s": 1, "timeout_s": 0.5,
