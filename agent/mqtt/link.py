@@ -608,8 +608,8 @@ class MqttLink:
 
     def _check_stall(self, now: float) -> None:
         """Coordinator online, its ack still, broker-acknowledged events beyond it: re-send."""
-        if not (self.e2e and self.connected and self.central_online and self.outbox is not None):
-            return
+        if not (self.e2e and self.connected and self.central_heard and self.central_online and self.outbox is not None):
+            return  # online as heard on this connection, not a status left from an earlier one
         if self.unconfirmed_since is None or self.pubacked_seq <= self.ack_seq:
             return
         if now - self.unconfirmed_since < self.resend_wait:
