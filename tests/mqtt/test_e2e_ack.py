@@ -388,3 +388,20 @@ def test_junk_coordinator_status_is_ignored(offline_link, payload):
         return
     assert link.central_online is online and link.core.posted == []  # offline: the alarm waits its delay
     assert (link.coord_offline_since is not None) == (online is False)
+
+
+def test_an_agent_restart_sends_every_unconfirmed_row_once_in_order(tmp_path, broker, made):
+    central = coordinator(made, broker, acking=False)
+    r = rig(made, tmp_path, broker, end_to_end_ack=True, ack_resend_after_s=3600)
+    last = flood(r, 30)
+    central.wait(lambda: {e["seq"] for e in central.received} >= set(range(1, last + 1)), "the first sending")
+    until("broker-acknowledged", lambda: r.link.pubacked_seq >= last)
+    r.link.stop()  # the agent restarts on the same store
+    with central.cv:
+        central.received.clear()
+    r.start_link()
+    got = central.wait(lambda: (s := [e["seq"] for e in central.received])[-1:] >= [last] and s, "the second sending")
+    assert got[:last] == list(range(1, last + 1))  # every unconfirmed row again, once, in order
+    assert all(e["replayed"] for e in central.received[:last])
+    central.ack_now()
+    until("confirmed and deleted", lambda: not [s for s in evt_rows(r) if s <= last])
