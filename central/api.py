@@ -189,6 +189,10 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
     def notifications(limit: int = Query(200, ge=1, le=5000)) -> dict:
         return {"notifications": read(lambda s: s.notifications(limit))}
 
+    @app.get("/api/webhooks/deliveries")
+    def deliveries(limit: int = Query(200, ge=1, le=5000)) -> dict:
+        return {"deliveries": read(lambda s: s.deliveries(limit))}
+
     @app.get("/metrics")
     def metrics() -> Response:
         coord.metrics.queue.set(coord.q.qsize())

@@ -108,6 +108,19 @@ class CommandsConfig(_Model):
     max_offices: int = Field(20, ge=1)  # a command to more offices is refused
 
 
+class WebhookConfig(_Model):
+    """A receiver of incident and safety-alarm notifications (central/service/webhooks.py)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    secret_file: str  # the shared HMAC secret (first line), relative to this file
+    kinds: list[Literal["incident_opened", "incident_member", "incident_confirmed", "incident_closed", "alarm"]] = \
+        Field(default_factory=lambda: ["incident_opened", "incident_confirmed", "incident_closed", "alarm"])
+    max_attempts: int = Field(8, ge=1, le=50)
+    first_retry_s: float = Field(2.0, gt=0)
+    max_retry_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+
 class TelemetryConfig(_Model):
     raw_retention_h: float = Field(48.0, gt=0)
 
@@ -120,6 +133,7 @@ class CentralConfig(_Model):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     commands: CommandsConfig = Field(default_factory=CommandsConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
     tick_s: float = Field(1.0, gt=0, le=60)  # how often the rules run
 
 
@@ -348,3 +362,16 @@ def password(loaded: Loaded) -> str | None:
     except OSError as e:
         raise ConfigError([Problem("mqtt.password_file", None, f"cannot read: {e.strerror or e}")],
                           str(loaded.path)) from None
+
+
+def webhook_secret(loaded: Loaded, i: int) -> bytes:
+    w = loaded.cfg.webhooks[i]
+    try:
+        secret = loaded.resolve(w.secret_file).read_text().splitlines()[0].strip().encode()
+    except (OSError, IndexError) as e:
+        raise ConfigError([Problem(f"webhooks[{i}].secret_file", None, f"cannot read a secret from {w.secret_file}: {e}")],
+                          str(loaded.path)) from None
+    if len(secret) < 16:
+        raise ConfigError([Problem(f"webhooks[{i}].secret_file", None, "the secret is shorter than 16 characters")],
+                          str(loaded.path))
+    return secret

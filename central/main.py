@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from central.config import ConfigError, load
+from central.config import ConfigError, load, webhook_secret
 
 
 def main(config_path: str, log_level: str = "INFO") -> int:
@@ -17,6 +17,8 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     log = logging.getLogger("siaga.central")
     try:
         loaded = load(config_path)
+        for i in range(len(loaded.cfg.webhooks)):
+            webhook_secret(loaded, i)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

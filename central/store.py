@@ -50,6 +50,9 @@ CREATE INDEX IF NOT EXISTS telemetry_site_rx ON telemetry (site, rx);
 CREATE TABLE IF NOT EXISTS notifications (
     n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
     incident TEXT, site TEXT, severity TEXT);
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, url TEXT NOT NULL, delivery TEXT NOT NULL,
+    data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -244,3 +247,12 @@ class Store:
     def audit_log(self, limit: int = 500) -> list[dict]:
         rows = self.db.execute("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]
+
+    # ------------------------------------------------------------------ webhooks --------------
+    def add_delivery(self, d: dict) -> None:
+        self.db.execute("INSERT INTO webhook_deliveries (at, url, delivery, data) VALUES (?,?,?,?)",
+                        (d["at"], d["url"], d["delivery"], json.dumps(d)))
+
+    def deliveries(self, limit: int = 500) -> list[dict]:
+        return [json.loads(r["data"]) for r in
+                self.db.execute("SELECT data FROM webhook_deliveries ORDER BY n DESC LIMIT ?", (limit,))]

@@ -95,6 +95,8 @@ class Notification:
     incident: str | None = None
     site: str | None = None
     severity: str | None = None
+    alarm: str | None = None  # for kind "alarm": the alarm's kind
+    safety: bool = False
 
 
 def _cluster(times: list[tuple[float, str]], window: float) -> list[str]:
@@ -254,7 +256,7 @@ def route_alarms(alarm_list: list[alarm_rules.Alarm], incidents: dict[str, Incid
         decided.append(key)
         if group is None:
             notes.append(Notification(now, "alarm", f"{a.site}: {a.kind} {a.severity}" + (f" ({a.detail})" if a.detail else ""),
-                                      None, a.site, a.severity))
+                                      None, a.site, a.severity, a.kind, safety))
     return notes, decided
 
 

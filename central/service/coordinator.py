@@ -23,12 +23,13 @@ import uuid
 from typing import Any, Callable
 
 from agent import wire
-from central.config import Loaded, merge_meta, password, rules_of
+from central.config import Loaded, merge_meta, password, rules_of, webhook_secret
 from central.rules import advisories, alarms as alarm_rules, commands as cmd_rules, fleet, incidents as inc_rules
 from central.rules import serviceability
 from central.rules.parse import Parsed, Rejected, parse
 from central.service.metrics import Metrics
 from central.service.mqtt import CentralMqtt
+from central.service.webhooks import Hook, WebhookSender
 from central.store import Store
 
 log = logging.getLogger("siaga.central")
@@ -69,6 +70,9 @@ class Coordinator:
         self._thread: threading.Thread | None = None
         self.connected = False
         self.mqtt = CentralMqtt(self.cfg.mqtt, password(loaded), self.post) if mqtt_client else None
+        hooks = [Hook(w.url, webhook_secret(loaded, i), frozenset(w.kinds), w.max_attempts, w.first_retry_s,
+                      w.max_retry_s, w.timeout_s) for i, w in enumerate(self.cfg.webhooks)]
+        self.webhooks = WebhookSender(hooks, lambda d: self.post(("delivery", d)), clock)
         self._next_tick = 0.0
         self._last_prune = 0.0
         self._last_save = 0.0
@@ -98,11 +102,13 @@ class Coordinator:
     def run(self) -> None:
         if self.mqtt is not None:
             self.mqtt.start()
+        self.webhooks.start()
         self.tick()
         try:
             while not self._stop.is_set():
                 self.run_once(max(0.0, self._next_tick - self.clock()))
         finally:
+            self.webhooks.stop()
             if self.mqtt is not None:
                 self.mqtt.stop()
             self._save_offices()
@@ -180,6 +186,8 @@ class Coordinator:
                 for site, (boot, seq) in self.acks.items():  # re-assert what we hold
                     self._send_ack(site, boot, seq)
                 self._adv_sent.clear()
+        elif kind == "delivery":
+            self.store.add_delivery(item[1])
         elif kind == "disconnected":
             self.connected = False
             self.metrics.connected.set(0)
@@ -309,6 +317,7 @@ class Coordinator:
             self.store.add_notification(n.__dict__)
             self.metrics.notifications.labels(n.kind).inc()
             log.warning("NOTIFY %s: %s", n.kind, n.text)
+            self.webhooks.submit(dict(n.__dict__))
         for c in self.store.commands(pending_only=True, limit=10_000):
             if (done := cmd_rules.expire(c, now)) is not None:
                 self.store.save_command(done)
