@@ -117,10 +117,14 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
         return {"site": site, "events": events, "gaps": gaps, "ack": office(site)["ack"]}
 
     @app.get("/api/offices/{site}/history")
-    def history(site: str, hours: float = Query(24.0, gt=0, le=24 * 90)) -> dict:
+    def history(site: str, hours: float = Query(24.0, gt=0, le=24 * 366)) -> dict:
+        """Battery, runtime, load and input voltage: raw points for the recent part, and the
+        downsampled means (``telemetry.downsample_s``) for what is older than the raw retention."""
         office(site)
-        now = coord.clock()
-        return {"site": site, "points": read(lambda s: s.telemetry(site, now - hours * 3600))}
+        since = coord.clock() - hours * 3600
+        raw, means = read(lambda s: (s.telemetry(site, since), s.telemetry_means(site, since)))
+        return {"site": site, "since": since, "points": raw, "means": means,
+                "mean_bucket_s": coord.cfg.telemetry.downsample_s}
 
     @app.get("/api/alarms")
     def alarms(active: bool | None = None, site: str | None = None) -> dict:

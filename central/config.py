@@ -122,7 +122,13 @@ class WebhookConfig(_Model):
 
 
 class TelemetryConfig(_Model):
+    """History for charts: raw for ``raw_retention_h``, then ``downsample_s`` means for
+    ``downsampled_retention_days``."""
+
     raw_retention_h: float = Field(48.0, gt=0)
+    downsample_s: float = Field(300.0, ge=10)
+    downsampled_retention_days: float = Field(90.0, gt=0)
+    rollup_every_s: float = Field(3600.0, ge=1)
 
 
 class CentralConfig(_Model):

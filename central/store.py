@@ -47,6 +47,11 @@ CREATE TABLE IF NOT EXISTS telemetry (
     site TEXT NOT NULL, rx REAL NOT NULL, ts REAL NOT NULL, charge_pct REAL, runtime_s REAL,
     load_pct REAL, input_voltage REAL, on_battery INTEGER, mains INTEGER);
 CREATE INDEX IF NOT EXISTS telemetry_site_rx ON telemetry (site, rx);
+CREATE TABLE IF NOT EXISTS telemetry_agg (
+    site TEXT NOT NULL, bucket REAL NOT NULL, n INTEGER NOT NULL,
+    charge_sum REAL NOT NULL, charge_n INTEGER NOT NULL, runtime_sum REAL NOT NULL, runtime_n INTEGER NOT NULL,
+    load_sum REAL NOT NULL, load_n INTEGER NOT NULL, voltage_sum REAL NOT NULL, voltage_n INTEGER NOT NULL,
+    PRIMARY KEY (site, bucket));
 CREATE TABLE IF NOT EXISTS notifications (
     n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
     incident TEXT, site TEXT, severity TEXT);
@@ -229,8 +234,33 @@ class Store:
                                (site, since, limit)).fetchall()
         return [dict(r) for r in rows]
 
-    def prune_telemetry(self, before: float) -> int:
-        return self.db.execute("DELETE FROM telemetry WHERE rx < ?", (before,)).rowcount
+    def rollup_telemetry(self, raw_before: float, bucket_s: float, agg_before: float) -> tuple[int, int]:
+        """Fold raw telemetry older than ``raw_before`` into ``bucket_s`` means (merged into buckets
+        already there), delete those raw rows, and delete means older than ``agg_before``.
+        Returns (raw rows folded, buckets deleted)."""
+        self.db.execute(
+            "INSERT INTO telemetry_agg SELECT site, CAST(rx / ? AS INTEGER) * ?, count(*), "
+            "total(charge_pct), count(charge_pct), total(runtime_s), count(runtime_s), total(load_pct), count(load_pct), "
+            "total(input_voltage), count(input_voltage) FROM telemetry WHERE rx < ? GROUP BY 1, 2 "
+            "ON CONFLICT (site, bucket) DO UPDATE SET n = n + excluded.n, "
+            "charge_sum = charge_sum + excluded.charge_sum, charge_n = charge_n + excluded.charge_n, "
+            "runtime_sum = runtime_sum + excluded.runtime_sum, runtime_n = runtime_n + excluded.runtime_n, "
+            "load_sum = load_sum + excluded.load_sum, load_n = load_n + excluded.load_n, "
+            "voltage_sum = voltage_sum + excluded.voltage_sum, voltage_n = voltage_n + excluded.voltage_n",
+            (bucket_s, bucket_s, raw_before))
+        folded = self.db.execute("DELETE FROM telemetry WHERE rx < ?", (raw_before,)).rowcount
+        dropped = self.db.execute("DELETE FROM telemetry_agg WHERE bucket < ?", (agg_before,)).rowcount
+        return folded, dropped
+
+    def telemetry_means(self, site: str, since: float, limit: int = 50_000) -> list[dict]:
+        rows = self.db.execute("SELECT * FROM telemetry_agg WHERE site = ? AND bucket >= ? ORDER BY bucket LIMIT ?",
+                               (site, since, limit)).fetchall()
+
+        def mean(r, k: str) -> float | None:
+            return round(r[f"{k}_sum"] / r[f"{k}_n"], 3) if r[f"{k}_n"] else None
+
+        return [{"bucket": r["bucket"], "n": r["n"], "charge_pct": mean(r, "charge"), "runtime_s": mean(r, "runtime"),
+                 "load_pct": mean(r, "load"), "input_voltage": mean(r, "voltage")} for r in rows]
 
     # ------------------------------------------------------------------ notifications, audit --
     def add_notification(self, n: dict) -> None:

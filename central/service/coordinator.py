@@ -325,9 +325,14 @@ class Coordinator:
         if now - self._last_save >= OFFICE_SAVE_EVERY_S:
             self._last_save = now
             self._save_offices()
-        if now - self._last_prune > 3600:
+        tcfg = self.cfg.telemetry
+        if now - self._last_prune >= tcfg.rollup_every_s:
             self._last_prune = now
-            self.store.prune_telemetry(now - self.cfg.telemetry.raw_retention_h * 3600)
+            folded, dropped = self.store.rollup_telemetry(now - tcfg.raw_retention_h * 3600, tcfg.downsample_s,
+                                                          now - tcfg.downsampled_retention_days * 86400)
+            if folded or dropped:
+                log.info("telemetry: %d raw rows folded into %g s means, %d old means dropped", folded,
+                         tcfg.downsample_s, dropped)
         table = advisories.service_table(offices, states, now, self.rules)
         serving = advisories.serving_sets(offices, table)
         advs = {s: advisories.advisory(s, offices, table, states[s], now, self.rules, self._alt_cache, serving)

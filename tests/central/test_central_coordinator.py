@@ -165,3 +165,19 @@ def test_alarm_ack_with_a_note_and_the_openapi_document(rig, broker):
     spec = client.get("/openapi.json").json()
     assert {"/api/fleet", "/api/commands", "/api/advisories", "/api/incidents/{iid}/confirm"} <= set(spec["paths"])
     o.pub(wire.state_topic("singkawang", "alarms"), b"", retain=True)
+
+
+def test_telemetry_history_in_the_api(rig, broker):
+    coord, client, office, clock = rig
+    o = office("pontianak")
+    o.status()
+    t = wire.Telemetry(ts=time.time(), boot=1, clock_synced=True, state="MAINS_OK", mode="AUTO", mains=True,
+                       gen_running=False, on_battery=False, charge_pct=97.0, runtime_s=3100.0, load_pct=41.0,
+                       input_voltage=221.0, outbox=wire.OutboxStats(depth=0, events=0, telemetry=0, over_cap=False))
+    o.pub(wire.tele_topic("pontianak"), t.dump())
+    h = until("a point", lambda: (r := client.get("/api/offices/pontianak/history?hours=1").json())["points"] and r)
+    p = h["points"][0]
+    assert (p["charge_pct"], p["runtime_s"], p["load_pct"], p["input_voltage"]) == (97.0, 3100.0, 41.0, 221.0)
+    assert h["means"] == [] and h["mean_bucket_s"] == 300
+    v = until("the office view from telemetry", lambda: (v := client.get("/api/offices/pontianak").json())["ups"] and v)
+    assert v["ups"]["charge_pct"] == 97.0 and v["load_on"] == "mains"

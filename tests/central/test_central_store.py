@@ -48,3 +48,25 @@ def test_a_read_only_store_sees_committed_rows(tmp_path):
     s.commit()
     ro = Store(tmp_path / "c.db", readonly=True)
     assert len(ro.timeline("sambas")) == 1
+
+
+def test_old_telemetry_is_folded_into_five_minute_means_and_the_oldest_means_dropped(tmp_path):
+    s = Store(tmp_path / "c.db")
+    base = 1_800_000_000.0 - (1_800_000_000.0 % 300)
+    for i in range(10):  # 10 readings a minute apart: two 5-minute buckets
+        s.add_telemetry("sambas", base + 60 * i, {"ts": 0, "charge_pct": 100 - i, "runtime_s": None, "load_pct": 40,
+                                                  "input_voltage": 220, "on_battery": False, "mains": True})
+    s.add_telemetry("sambas", base + 3600, {"ts": 0, "charge_pct": 50})  # recent: stays raw
+    assert s.rollup_telemetry(base + 600, 300, base - 86400) == (10, 0)
+    means = s.telemetry_means("sambas", 0)
+    assert [(m["bucket"], m["n"], m["charge_pct"], m["runtime_s"]) for m in means] == [
+        (base, 5, 98.0, None), (base + 300, 5, 93.0, None)]
+    assert [r["charge_pct"] for r in s.telemetry("sambas", 0)] == [50]
+    # a late raw row for an existing bucket merges into it
+    s.add_telemetry("sambas", base + 10, {"ts": 0, "charge_pct": 0})
+    s.rollup_telemetry(base + 600, 300, base - 86400)
+    m = s.telemetry_means("sambas", 0)[0]
+    assert (m["n"], m["charge_pct"]) == (6, round(490 / 6, 3))
+    # 90 days later the means go too
+    assert s.rollup_telemetry(base + 600, 300, base + 1)[1] == 1
+    assert [m["bucket"] for m in s.telemetry_means("sambas", 0)] == [base + 300]
