@@ -25,10 +25,12 @@ from typing import Any, Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
-    site TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL UNIQUE,
+    site TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
     ts REAL NOT NULL, rx REAL NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, detail TEXT NOT NULL,
     replayed INTEGER NOT NULL, clock_synced INTEGER NOT NULL, late INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS events_site_seq ON events (site, seq);
+-- unique per office: an office cannot suppress another's events by reusing their ids
+CREATE UNIQUE INDEX IF NOT EXISTS events_site_id ON events (site, id);
 CREATE TABLE IF NOT EXISTS acks (
     site TEXT PRIMARY KEY, boot INTEGER NOT NULL, seq INTEGER NOT NULL, gap_since REAL);
 CREATE TABLE IF NOT EXISTS accepted_gaps (

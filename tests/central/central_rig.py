@@ -43,6 +43,14 @@ class Office:
         self.got: list = []
         self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload, m.properties))
 
+    def subscribe(self, topic: str) -> None:
+        """Subscribe and wait for the broker's SUBACK."""
+        import threading
+        done = threading.Event()
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: done.set()
+        self.c.subscribe(topic, qos=1)
+        assert done.wait(10), f"no SUBACK for {topic}"
+
     def pub(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 

@@ -70,3 +70,11 @@ def test_old_telemetry_is_folded_into_five_minute_means_and_the_oldest_means_dro
     # 90 days later the means go too
     assert s.rollup_telemetry(base + 600, 300, base + 1)[1] == 1
     assert [m["bucket"] for m in s.telemetry_means("sambas", 0)] == [base + 300]
+
+
+def test_an_office_cannot_suppress_another_offices_event_by_reusing_its_id(tmp_path):
+    s = Store(tmp_path / "c.db")
+    e = event(1)
+    assert add(s, "sambas", e) == [True]
+    assert add(s, "singkawang", e) == [True]  # stored for each office
+    assert add(s, "sambas", e) == [False]
