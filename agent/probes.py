@@ -39,6 +39,8 @@ log = logging.getLogger("siaga.probes")
 ALARM = "service_unreachable"
 USER_AGENT = "siaga-probe"
 MAX_DETAIL = 200
+_DNS_LOCK = threading.Lock()
+_DNS_INFLIGHT: dict[str, tuple[threading.Thread, float]] = {}  # name -> (lookup thread, started)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ def check_dns(name: str, timeout_s: float, resolve: Callable[[str], Any] | None 
     most ``timeout_s``; a hung lookup is left to finish on its own (the caller does not start
     another while it runs)."""
     resolve = resolve or (lambda n: socket.getaddrinfo(n, None, type=socket.SOCK_STREAM))
+    with _DNS_LOCK:
+        old = _DNS_INFLIGHT.get(name)
+        if old is not None and old[0].is_alive():  # never pile up threads behind a hung resolver
+            return Outcome(False, f"no answer within {timeout_s:g} s (an earlier lookup has waited "
+                                  f"{time.monotonic() - old[1]:.0f} s)")
     box: dict[str, Any] = {}
     t0 = time.monotonic()
 
@@ -120,6 +127,8 @@ def check_dns(name: str, timeout_s: float, resolve: Callable[[str], Any] | None 
             box["error"] = e
 
     th = threading.Thread(target=run, name="siaga-probe-dns", daemon=True)
+    with _DNS_LOCK:
+        _DNS_INFLIGHT[name] = (th, t0)
     th.start()
     th.join(timeout_s)
     if th.is_alive():

@@ -118,9 +118,16 @@ def test_dns_lookup_through_the_system_resolver():
     assert check_dns("x", 1.0, refuse) == Outcome(False, "name not resolved (Name or service not known)")
     stuck = threading.Event()
     t0 = time.monotonic()
-    out = check_dns("x", 0.3, lambda name: stuck.wait(30))  # a resolver that never answers
-    stuck.set()
+    out = check_dns("hung.example", 0.3, lambda name: stuck.wait(30))  # a resolver that never answers
     assert out == Outcome(False, "no answer within 0.3 s") and time.monotonic() - t0 < 10
+    calls = []
+    again = check_dns("hung.example", 0.3, calls.append)  # the first lookup still hangs: no second thread
+    assert not again.ok and "an earlier lookup has waited" in again.detail and calls == []
+    stuck.set()
+    end = time.monotonic() + 10
+    while not check_dns("hung.example", 2.0, lambda name: [(0, 0, 0, "", ("10.0.0.1", 0))]).ok:
+        assert time.monotonic() < end  # once it has returned, lookups go on
+        time.sleep(0.05)
 
 
 # ------------------------------------------------------------------------- up, down, alarm ---
