@@ -11,7 +11,7 @@ for a sample of events, and the coordinator's RSS.
     .venv/bin/python bench/bench_central_ingest.py [--offices 2000] [--seconds 30]
 
 Goal: 2,000 offices with p99 publish->committed under 500 ms and at least half mosquitto_sub's
-rate. SQLite only (the PostgreSQL backend is not built).
+rate, on SQLite and (``--postgres``, a throwaway local PostgreSQL 15 cluster) on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "central"))  # pg_helpers: a throwaway PostgreSQL
 
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
@@ -77,12 +78,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--event-every", type=float, default=10.0, help="seconds between events of one office")
     ap.add_argument("--sample", type=int, default=300, help="events whose delays are measured")
+    ap.add_argument("--postgres", action="store_true", help="the PostgreSQL store (a throwaway local cluster)")
     a = ap.parse_args()
     if shutil.which("mosquitto_sub") is None:
         print("bench_central_ingest: mosquitto_sub is missing: apt-get install mosquitto-clients", file=sys.stderr)
         return 2
     load0 = os.getloadavg()
-    print(f"bench_central_ingest: {a.offices} offices, {a.seconds:.0f} s, git {git_rev()}, load {load0[0]:.2f}")
+    print(f"bench_central_ingest: {a.offices} offices, {a.seconds:.0f} s, {'PostgreSQL' if a.postgres else 'SQLite'}, "
+          f"git {git_rev()}, load {load0[0]:.2f}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-central-"))
     broker = start_broker(tmp, extra_conf="max_queued_messages 0\nmax_inflight_messages 0")
     api_port = free_port()
@@ -92,9 +95,20 @@ def main() -> int:
                                              "client_id": "bench-central"},
         "store": {"path": str(tmp / "central.db")}, "api": {"port": api_port}, "tick_s": 1.0}))
     procs: list = []
+    pg = None
+    store: dict = {"path": str(tmp / "central.db")}
+    if a.postgres:
+        from pg_helpers import Postgres
+        pg = Postgres()
+        store = {"url": pg.new_database()}
+        cfg = yaml.safe_load((tmp / "central.yaml").read_text())
+        cfg["store"] = store
+        (tmp / "central.yaml").write_text(yaml.safe_dump(cfg))
     try:
-        return run(a, tmp, broker, api_port, load0, procs)
+        return run(a, tmp, broker, api_port, load0, procs, store)
     finally:
+        if pg is not None:
+            pg.stop()
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -105,7 +119,7 @@ def main() -> int:
         broker.stop()
 
 
-def run(a, tmp: Path, broker, api_port: int, load0, procs: list) -> int:
+def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) -> int:
     log = open(tmp / "central.log", "wb")
     central = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(tmp / "central.yaml"),
                                 "--log-level", "WARNING"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -195,20 +209,26 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list) -> int:
     in_api: dict[str, float] = {}
     done = threading.Event()
 
+    def connect():
+        if "url" in store:
+            import psycopg
+            return psycopg.connect(store["url"], autocommit=True), "%s"
+        return sqlite3.connect(f"file:{store['path']}?mode=ro", uri=True), "?"
+
     def watch_store() -> None:
         db = None
         while not done.is_set():
             if db is None:
                 try:
-                    db = sqlite3.connect(f"file:{tmp / 'central.db'}?mode=ro", uri=True)
-                except sqlite3.Error:
+                    db, mark = connect()
+                except Exception:  # noqa: BLE001 - not there yet
                     time.sleep(0.05)
                     continue
             pending = [e for e in list(sample) if e not in committed]
             if pending:
-                q = ",".join("?" * len(pending))
+                q = ",".join(mark * 1 for _ in pending)
                 now = time.time()
-                for (eid,) in db.execute(f"SELECT id FROM events WHERE id IN ({q})", pending):
+                for (eid,) in db.execute(f"SELECT id FROM events WHERE id IN ({q})", pending).fetchall():
                     committed[eid] = now
             time.sleep(0.01)
 
@@ -273,7 +293,8 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list) -> int:
     central_rate = (m1 - m0) / pub_elapsed
     sub_rate = (s1 - s0) / pub_elapsed
     res = {
-        "offices": a.offices, "seconds": a.seconds, "published": published[0],
+        "offices": a.offices, "seconds": a.seconds, "store": "postgresql" if "url" in store else "sqlite",
+        "published": published[0],
         "coordinator_msgs": m1 - m0, "mosquitto_sub_msgs": s1 - s0,
         "coordinator_rate_per_s": round(central_rate, 1), "mosquitto_sub_rate_per_s": round(sub_rate, 1),
         "drain_s": round(drain_elapsed - pub_elapsed, 2), "sampled": len(sample),

@@ -55,7 +55,18 @@ class MqttConfig(_Model):
 
 
 class StoreConfig(_Model):
+    """SQLite (``path``, the default) or PostgreSQL 15 (``url``: ``postgresql://user@host:5432/db``;
+    a password comes from libpq's ``~/.pgpass`` or ``PGPASSWORD``, never from this file)."""
+
     path: str = "var/central.db"
+    url: str | None = Field(None, pattern=r"^postgres(ql)?://")
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        if v is not None and re.match(r"^postgres(ql)?://[^/@]*:[^/@]*@", v):
+            raise ValueError("put the password in ~/.pgpass (or PGPASSWORD), not in the config")
+        return v
 
 
 class ApiConfig(_Model):
@@ -381,3 +392,9 @@ def webhook_secret(loaded: Loaded, i: int) -> bytes:
         raise ConfigError([Problem(f"webhooks[{i}].secret_file", None, "the secret is shorter than 16 characters")],
                           str(loaded.path))
     return secret
+
+
+def store_location(loaded: Loaded) -> str:
+    """The PostgreSQL URL, or the SQLite file's path (relative to the config file)."""
+    st = loaded.cfg.store
+    return st.url if st.url else str(loaded.resolve(st.path))

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from central.config import ConfigError, load, webhook_secret
+from central.config import ConfigError, load, store_location, webhook_secret
 
 
 def main(config_path: str, log_level: str = "INFO") -> int:
@@ -28,11 +28,12 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     from central.service.coordinator import spawn
     from central.store import Store
 
-    store_path = str(loaded.resolve(loaded.cfg.store.path))
+    store_path = store_location(loaded)
     try:
         store = Store(store_path)
     except Exception as e:  # noqa: BLE001 - a clear message, not a trace
-        print(f"{config_path}: store.path: cannot open {store_path}: {e}", file=sys.stderr)
+        where = "store.url" if loaded.cfg.store.url else "store.path"
+        print(f"{config_path}: {where}: cannot open {store_path}: {e}", file=sys.stderr)
         return 1
     store.close()  # the owner thread opens its own (sqlite3 connections belong to one thread)
 

@@ -1,10 +1,14 @@
-"""The coordinator's storage: one SQLite file (WAL) behind one small repository interface.
+"""The coordinator's storage behind one small repository interface: one SQLite file (WAL) by
+default, or PostgreSQL 15 (psycopg 3) for sites that outgrow one machine: ``Store("postgresql://...")``.
+The same SQL serves both (``ON CONFLICT``, window functions); :class:`_Dialect` holds the few
+differences (placeholders, column types, identity columns, integer division).
 
 One writer: the coordinator's owner thread holds the read-write :class:`Store` (sqlite3 keeps
 ``check_same_thread``, so a call from another thread fails at once). The API opens its own
 read-only ``Store(path, readonly=True)`` for history (timeline, commands, telemetry); WAL lets it
 read while the owner writes. Writes are batched: the owner calls :meth:`commit` once per batch of
-messages, and only then publishes the acknowledgements that batch earned.
+messages, and only then publishes the acknowledgements that batch earned, so SQLite runs with
+``synchronous=FULL`` (a commit is on disk before the ack that depends on it goes out).
 
 Everything stored is plain JSON-ready data; the rules' types stay in ``central.rules`` (contract
 ``central-layers``: store and rules do not know each other).
@@ -23,7 +27,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA = """
+SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS events (
     site TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
     ts REAL NOT NULL, rx REAL NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, detail TEXT NOT NULL,
@@ -55,70 +59,124 @@ CREATE TABLE IF NOT EXISTS telemetry_agg (
     load_sum REAL NOT NULL, load_n INTEGER NOT NULL, voltage_sum REAL NOT NULL, voltage_n INTEGER NOT NULL,
     PRIMARY KEY (site, bucket));
 CREATE TABLE IF NOT EXISTS notifications (
-    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
+    n {SERIAL}, at REAL NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
     incident TEXT, site TEXT, severity TEXT);
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
-    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, url TEXT NOT NULL, delivery TEXT NOT NULL,
+    n {SERIAL}, at REAL NOT NULL, url TEXT NOT NULL, delivery TEXT NOT NULL,
     data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
-    n INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+    n {SERIAL}, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     detail TEXT NOT NULL);
 """
 
 EVENT_COLS = ("site", "boot", "seq", "id", "ts", "rx", "kind", "name", "detail", "replayed", "clock_synced", "late")
 
 
+class _Dialect:
+    """What differs between SQLite and PostgreSQL for this store."""
+
+    def __init__(self, pg: bool) -> None:
+        self.pg = pg
+        real, integer = ("DOUBLE PRECISION", "BIGINT") if pg else ("REAL", "INTEGER")
+        serial = "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if pg else "INTEGER PRIMARY KEY AUTOINCREMENT"
+        self.schema = (SCHEMA_TEMPLATE.replace("{SERIAL}", serial).replace(" REAL", " " + real)
+                       .replace(" INTEGER", " " + integer))
+        self.bucket = "floor(rx / ?) * ?" if pg else "CAST(rx / ? AS INTEGER) * ?"
+
+    def sql(self, q: str) -> str:
+        return q.replace("?", "%s") if self.pg else q
+
+
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 class Store:
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.path = str(path)
-        if readonly:
+        self.d = _Dialect(is_postgres(self.path))
+        self._tele: list[tuple] = []
+        if self.d.pg:
+            import psycopg  # only where PostgreSQL is configured (the central extra installs it)
+            from psycopg.rows import dict_row
+
+            # The reader autocommits, so it never holds a snapshot (or locks) between API calls.
+            self.db = psycopg.connect(self.path, row_factory=dict_row, autocommit=readonly)
+            if readonly:
+                self.db.execute("SET default_transaction_read_only = on")
+            else:
+                self.db.execute("SELECT pg_advisory_xact_lock(424242)")  # two coordinators creating tables
+                for stmt in self.d.schema.split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                self.db.commit()
+        elif readonly:
             self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
+            self.db.row_factory = sqlite3.Row
         else:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, timeout=10)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints; see commit()
-            self.db.executescript(SCHEMA)
+            self.db.execute("PRAGMA synchronous=FULL")  # acks go out after commit: the commit must be on disk
+            self.db.executescript(self.d.schema)
             self.db.commit()
-        self.db.row_factory = sqlite3.Row
+            self.db.row_factory = sqlite3.Row
+
+    def x(self, q: str, params: tuple | list = ()):
+        """Execute one statement (``?`` placeholders in either dialect); the cursor."""
+        return self.db.execute(self.d.sql(q), params)
 
     def close(self) -> None:
         self.db.close()
 
+    def _write_telemetry(self) -> None:
+        if self._tele:  # one executemany per batch (PostgreSQL pipelines it: no round trip per row)
+            rows, self._tele = self._tele, []
+            cur = self.db.cursor()
+            try:
+                cur.executemany(self.d.sql("INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?)"), rows)
+            finally:
+                cur.close()
+
     def commit(self) -> None:
+        self._write_telemetry()
         self.db.commit()
+
+    def rollback(self) -> None:
+        self._tele = []
+        self.db.rollback()
 
     # ------------------------------------------------------------------ events ----------------
     def add_event(self, site: str, ev: dict, rx: float, late: bool) -> bool:
         """Store one event (the wire Event as a dict); False when its id is already stored."""
-        cur = self.db.execute(
-            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        cur = self.x(
+            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
             (site, ev["boot"], ev["seq"], ev["id"], ev["ts"], rx, ev["kind"], ev["name"],
              json.dumps(ev["detail"], separators=(",", ":")), int(ev["replayed"]), int(ev["clock_synced"]), int(late)))
         return cur.rowcount == 1
 
     def ack(self, site: str) -> tuple[int, int] | None:
-        r = self.db.execute("SELECT boot, seq FROM acks WHERE site = ?", (site,)).fetchone()
+        r = self.x("SELECT boot, seq FROM acks WHERE site = ?", (site,)).fetchone()
         return None if r is None else (r["boot"], r["seq"])
 
     def acks(self) -> dict[str, tuple[int, int]]:
-        return {r["site"]: (r["boot"], r["seq"]) for r in self.db.execute("SELECT site, boot, seq FROM acks")}
+        return {r["site"]: (r["boot"], r["seq"]) for r in self.x("SELECT site, boot, seq FROM acks")}
 
     def advance_ack(self, site: str, now: float, gap_accept_s: float) -> tuple[int, int] | None:
         """Move the office's acknowledgement over every contiguous seq stored; the new (boot, seq)
         when it moved, else None."""
-        row = self.db.execute("SELECT boot, seq, gap_since FROM acks WHERE site = ?", (site,)).fetchone()
+        row = self.x("SELECT boot, seq, gap_since FROM acks WHERE site = ?", (site,)).fetchone()
         if row is None:  # the first event ever seen sets the base: earlier history is not claimed
-            first = self.db.execute("SELECT min(seq) AS s FROM events WHERE site = ?", (site,)).fetchone()["s"]
+            first = self.x("SELECT min(seq) AS s FROM events WHERE site = ?", (site,)).fetchone()["s"]
             if first is None:
                 return None
             boot, seq, gap_since = 0, first - 1, None
-            self.db.execute("INSERT INTO acks VALUES (?,?,?,NULL)", (site, boot, seq))
+            self.x("INSERT INTO acks VALUES (?,?,?,NULL)", (site, boot, seq))
         else:
             boot, seq, gap_since = row["boot"], row["seq"], row["gap_since"]
         start = seq
         while True:
-            nxt = self.db.execute("SELECT seq, boot FROM events WHERE site = ? AND seq > ? ORDER BY seq LIMIT 5000",
+            nxt = self.x("SELECT seq, boot FROM events WHERE site = ? AND seq > ? ORDER BY seq LIMIT 5000",
                                   (site, seq)).fetchall()
             stop = not nxt
             for r in nxt:
@@ -130,29 +188,29 @@ class Store:
                     if now - gap_since < gap_accept_s:
                         stop = True
                         break
-                    self.db.execute("INSERT INTO accepted_gaps VALUES (?,?,?,?)", (site, seq + 1, r["seq"] - 1, now))
+                    self.x("INSERT INTO accepted_gaps VALUES (?,?,?,?)", (site, seq + 1, r["seq"] - 1, now))
                 seq, boot, gap_since = r["seq"], r["boot"], None
             if stop:
                 break
-        self.db.execute("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?", (boot, seq, gap_since, site))
+        self.x("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?", (boot, seq, gap_since, site))
         return (boot, seq) if seq != start or row is None else None
 
     def gaps(self, site: str) -> list[dict]:
         """Missing seq ranges between stored events of one office (open ones, and accepted ones)."""
-        rows = self.db.execute(
+        rows = self.x(
             "SELECT seq + 1 AS a, nxt - 1 AS b FROM (SELECT seq, LEAD(seq) OVER (ORDER BY seq) AS nxt "
-            "FROM events WHERE site = ?) WHERE nxt > seq + 1", (site,)).fetchall()
-        accepted = {(r["from_seq"], r["to_seq"]) for r in self.db.execute(
+            "FROM events WHERE site = ?) AS w WHERE nxt > seq + 1 ORDER BY seq", (site,)).fetchall()
+        accepted = {(r["from_seq"], r["to_seq"]) for r in self.x(
             "SELECT from_seq, to_seq FROM accepted_gaps WHERE site = ?", (site,))}
         return [{"from_seq": r["a"], "to_seq": r["b"], "accepted": (r["a"], r["b"]) in accepted} for r in rows]
 
     def timeline(self, site: str, limit: int = 200, after_seq: int | None = None) -> list[dict]:
         """Events of one office in (boot, seq) order: the newest ``limit``, or from ``after_seq`` on."""
         if after_seq is None:
-            rows = self.db.execute("SELECT * FROM (SELECT * FROM events WHERE site = ? ORDER BY boot DESC, seq DESC "
-                                   "LIMIT ?) ORDER BY boot, seq", (site, limit)).fetchall()
+            rows = self.x("SELECT * FROM (SELECT * FROM events WHERE site = ? ORDER BY boot DESC, seq DESC "
+                                   "LIMIT ?) AS t ORDER BY boot, seq", (site, limit)).fetchall()
         else:
-            rows = self.db.execute("SELECT * FROM events WHERE site = ? AND seq > ? ORDER BY boot, seq LIMIT ?",
+            rows = self.x("SELECT * FROM events WHERE site = ? AND seq > ? ORDER BY boot, seq LIMIT ?",
                                    (site, after_seq, limit)).fetchall()
         return [self._event(r) for r in rows]
 
@@ -161,14 +219,14 @@ class Store:
         if not sites:
             return []
         q = ",".join("?" * len(sites))
-        rows = self.db.execute(f"SELECT * FROM events WHERE site IN ({q}) AND ts >= ? AND ts <= ? ORDER BY site, boot, seq",
+        rows = self.x(f"SELECT * FROM events WHERE site IN ({q}) AND ts >= ? AND ts <= ? ORDER BY site, boot, seq",
                                (*sites, t0, t1)).fetchall()
         return [self._event(r) for r in rows]
 
     def count_events(self, site: str | None = None) -> int:
         if site is None:
-            return self.db.execute("SELECT count(*) FROM events").fetchone()[0]
-        return self.db.execute("SELECT count(*) FROM events WHERE site = ?", (site,)).fetchone()[0]
+            return self.x("SELECT count(*) AS n FROM events").fetchone()["n"]
+        return self.x("SELECT count(*) AS n FROM events WHERE site = ?", (site,)).fetchone()["n"]
 
     @staticmethod
     def _event(r: sqlite3.Row) -> dict:
@@ -180,59 +238,62 @@ class Store:
 
     # ------------------------------------------------------------------ offices, alarms -------
     def save_office(self, site: str, state: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO offices VALUES (?, ?)", (site, json.dumps(state)))
+        self.x("INSERT INTO offices VALUES (?, ?) ON CONFLICT (site) DO UPDATE SET state = excluded.state", (site, json.dumps(state)))
 
     def offices(self) -> dict[str, dict]:
-        return {r["site"]: json.loads(r["state"]) for r in self.db.execute("SELECT site, state FROM offices")}
+        return {r["site"]: json.loads(r["state"]) for r in self.x("SELECT site, state FROM offices")}
 
     def save_alarm(self, a: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO alarms VALUES (?, ?, ?)", (a["site"], a["kind"], json.dumps(a)))
+        self.x("INSERT INTO alarms VALUES (?, ?, ?) ON CONFLICT (site, kind) DO UPDATE SET data = excluded.data", (a["site"], a["kind"], json.dumps(a)))
 
     def alarms(self) -> list[dict]:
-        return [json.loads(r["data"]) for r in self.db.execute("SELECT data FROM alarms ORDER BY site, kind")]
+        return [json.loads(r["data"]) for r in self.x("SELECT data FROM alarms ORDER BY site, kind")]
 
     def decide_page(self, site: str, kind: str, raised_at: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO pages_decided VALUES (?,?,?)", (site, kind, raised_at))
+        self.x("INSERT INTO pages_decided VALUES (?,?,?) ON CONFLICT DO NOTHING", (site, kind, raised_at))
 
     def pages_decided(self) -> set[tuple]:
-        return {(r[0], r[1], r[2]) for r in self.db.execute("SELECT site, kind, raised_at FROM pages_decided")}
+        return {(r["site"], r["kind"], r["raised_at"]) for r in self.x("SELECT site, kind, raised_at FROM pages_decided")}
 
     # ------------------------------------------------------------------ incidents -------------
     def save_incident(self, inc: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO incidents VALUES (?,?,?,?,?)",
+        self.x("INSERT INTO incidents VALUES (?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                        "status = excluded.status, data = excluded.data",
                         (inc["id"], inc["kind"], inc["status"], inc["opened_at"], json.dumps(inc)))
 
     def incidents(self, open_only: bool = False, limit: int = 500) -> list[dict]:
         q = "SELECT data FROM incidents" + (" WHERE status != 'closed'" if open_only else "") + " ORDER BY opened_at DESC LIMIT ?"
-        return [json.loads(r["data"]) for r in self.db.execute(q, (limit,))]
+        return [json.loads(r["data"]) for r in self.x(q, (limit,))]
 
     def incident(self, iid: str) -> dict | None:
-        r = self.db.execute("SELECT data FROM incidents WHERE id = ?", (iid,)).fetchone()
+        r = self.x("SELECT data FROM incidents WHERE id = ?", (iid,)).fetchone()
         return None if r is None else json.loads(r["data"])
 
     # ------------------------------------------------------------------ commands --------------
     def save_command(self, c: dict) -> None:
-        self.db.execute("INSERT OR REPLACE INTO commands VALUES (?,?,?,?,?,?,?,?)",
+        self.x("INSERT INTO commands VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET "
+                        "status = excluded.status, data = excluded.data",
                         (c["id"], c["site"], c.get("batch"), c["name"], c["issued_at"], c["expires_at"], c["status"],
                          json.dumps(c)))
 
     def command(self, cid: str) -> dict | None:
-        r = self.db.execute("SELECT data FROM commands WHERE id = ?", (cid,)).fetchone()
+        r = self.x("SELECT data FROM commands WHERE id = ?", (cid,)).fetchone()
         return None if r is None else json.loads(r["data"])
 
     def commands(self, limit: int = 200, pending_only: bool = False) -> list[dict]:
         q = "SELECT data FROM commands" + (" WHERE status = 'sent'" if pending_only else "") + " ORDER BY issued_at DESC LIMIT ?"
-        return [json.loads(r["data"]) for r in self.db.execute(q, (limit,))]
+        return [json.loads(r["data"]) for r in self.x(q, (limit,))]
 
     # ------------------------------------------------------------------ telemetry -------------
     def add_telemetry(self, site: str, rx: float, t: dict) -> None:
-        self.db.execute("INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?)",
-                        (site, rx, t["ts"], t.get("charge_pct"), t.get("runtime_s"), t.get("load_pct"),
-                         t.get("input_voltage"), None if t.get("on_battery") is None else int(t["on_battery"]),
-                         None if t.get("mains") is None else int(t["mains"])))
+        """Buffered: written with the next :meth:`commit`."""
+        self._tele.append((site, rx, t["ts"], t.get("charge_pct"), t.get("runtime_s"), t.get("load_pct"),
+                           t.get("input_voltage"), None if t.get("on_battery") is None else int(t["on_battery"]),
+                           None if t.get("mains") is None else int(t["mains"])))
 
     def telemetry(self, site: str, since: float, limit: int = 5000) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM telemetry WHERE site = ? AND rx >= ? ORDER BY rx LIMIT ?",
+        self._write_telemetry()
+        rows = self.x("SELECT * FROM telemetry WHERE site = ? AND rx >= ? ORDER BY rx LIMIT ?",
                                (site, since, limit)).fetchall()
         return [dict(r) for r in rows]
 
@@ -240,22 +301,26 @@ class Store:
         """Fold raw telemetry older than ``raw_before`` into ``bucket_s`` means (merged into buckets
         already there), delete those raw rows, and delete means older than ``agg_before``.
         Returns (raw rows folded, buckets deleted)."""
-        self.db.execute(
-            "INSERT INTO telemetry_agg SELECT site, CAST(rx / ? AS INTEGER) * ?, count(*), "
-            "total(charge_pct), count(charge_pct), total(runtime_s), count(runtime_s), total(load_pct), count(load_pct), "
-            "total(input_voltage), count(input_voltage) FROM telemetry WHERE rx < ? GROUP BY 1, 2 "
-            "ON CONFLICT (site, bucket) DO UPDATE SET n = n + excluded.n, "
-            "charge_sum = charge_sum + excluded.charge_sum, charge_n = charge_n + excluded.charge_n, "
-            "runtime_sum = runtime_sum + excluded.runtime_sum, runtime_n = runtime_n + excluded.runtime_n, "
-            "load_sum = load_sum + excluded.load_sum, load_n = load_n + excluded.load_n, "
-            "voltage_sum = voltage_sum + excluded.voltage_sum, voltage_n = voltage_n + excluded.voltage_n",
+        self._write_telemetry()
+        self.x(
+            f"INSERT INTO telemetry_agg SELECT site, {self.d.bucket} AS b, count(*), "
+            "coalesce(sum(charge_pct), 0), count(charge_pct), coalesce(sum(runtime_s), 0), count(runtime_s), "
+            "coalesce(sum(load_pct), 0), count(load_pct), coalesce(sum(input_voltage), 0), count(input_voltage) "
+            "FROM telemetry WHERE rx < ? GROUP BY site, b "
+            "ON CONFLICT (site, bucket) DO UPDATE SET n = telemetry_agg.n + excluded.n, "
+            "charge_sum = telemetry_agg.charge_sum + excluded.charge_sum, charge_n = telemetry_agg.charge_n + excluded.charge_n, "
+            "runtime_sum = telemetry_agg.runtime_sum + excluded.runtime_sum, "
+            "runtime_n = telemetry_agg.runtime_n + excluded.runtime_n, "
+            "load_sum = telemetry_agg.load_sum + excluded.load_sum, load_n = telemetry_agg.load_n + excluded.load_n, "
+            "voltage_sum = telemetry_agg.voltage_sum + excluded.voltage_sum, "
+            "voltage_n = telemetry_agg.voltage_n + excluded.voltage_n",
             (bucket_s, bucket_s, raw_before))
-        folded = self.db.execute("DELETE FROM telemetry WHERE rx < ?", (raw_before,)).rowcount
-        dropped = self.db.execute("DELETE FROM telemetry_agg WHERE bucket < ?", (agg_before,)).rowcount
+        folded = self.x("DELETE FROM telemetry WHERE rx < ?", (raw_before,)).rowcount
+        dropped = self.x("DELETE FROM telemetry_agg WHERE bucket < ?", (agg_before,)).rowcount
         return folded, dropped
 
     def telemetry_means(self, site: str, since: float, limit: int = 50_000) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM telemetry_agg WHERE site = ? AND bucket >= ? ORDER BY bucket LIMIT ?",
+        rows = self.x("SELECT * FROM telemetry_agg WHERE site = ? AND bucket >= ? ORDER BY bucket LIMIT ?",
                                (site, since, limit)).fetchall()
 
         def mean(r, k: str) -> float | None:
@@ -266,25 +331,25 @@ class Store:
 
     # ------------------------------------------------------------------ notifications, audit --
     def add_notification(self, n: dict) -> None:
-        self.db.execute("INSERT INTO notifications (at, kind, text, incident, site, severity) VALUES (?,?,?,?,?,?)",
+        self.x("INSERT INTO notifications (at, kind, text, incident, site, severity) VALUES (?,?,?,?,?,?)",
                         (n["at"], n["kind"], n["text"], n.get("incident"), n.get("site"), n.get("severity")))
 
     def notifications(self, limit: int = 500) -> list[dict]:
-        return [dict(r) for r in self.db.execute("SELECT * FROM notifications ORDER BY n DESC LIMIT ?", (limit,))]
+        return [dict(r) for r in self.x("SELECT * FROM notifications ORDER BY n DESC LIMIT ?", (limit,))]
 
     def audit(self, at: float, who: str, action: str, detail: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO audit (at, who, action, detail) VALUES (?,?,?,?)",
+        self.x("INSERT INTO audit (at, who, action, detail) VALUES (?,?,?,?)",
                         (at, who, action, json.dumps(detail)))
 
     def audit_log(self, limit: int = 500) -> list[dict]:
-        rows = self.db.execute("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
+        rows = self.x("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]
 
     # ------------------------------------------------------------------ webhooks --------------
     def add_delivery(self, d: dict) -> None:
-        self.db.execute("INSERT INTO webhook_deliveries (at, url, delivery, data) VALUES (?,?,?,?)",
+        self.x("INSERT INTO webhook_deliveries (at, url, delivery, data) VALUES (?,?,?,?)",
                         (d["at"], d["url"], d["delivery"], json.dumps(d)))
 
     def deliveries(self, limit: int = 500) -> list[dict]:
         return [json.loads(r["data"]) for r in
-                self.db.execute("SELECT data FROM webhook_deliveries ORDER BY n DESC LIMIT ?", (limit,))]
+                self.x("SELECT data FROM webhook_deliveries ORDER BY n DESC LIMIT ?", (limit,))]

@@ -7,9 +7,10 @@ cd "$ROOT"
 
 # System packages the test suite needs (Debian names), and the programs the tests run from them:
 # each program is checked after installing, so a missing one stops here, loudly.
-APT_PACKAGES=(nut-server nut-client mosquitto ${SIAGA_APT_PACKAGES:-})
+APT_PACKAGES=(nut-server nut-client mosquitto postgresql ${SIAGA_APT_PACKAGES:-})
 REQUIRED_PROGRAMS=(/lib/nut/nutdrv_qx /lib/nut/upsd /bin/upsc /bin/upscmd
-                   /usr/sbin/mosquitto /usr/bin/mosquitto_passwd)
+                   /usr/sbin/mosquitto /usr/bin/mosquitto_passwd
+                   /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl)
 
 apt_install() {
   local missing=()
@@ -44,7 +45,7 @@ ensure_env() {  # ensure_env EXTRAS  (e.g. "test" or "test,central")
       echo "setup: installing the Python packages failed (full log: .venv/pip-install.log)" >&2
       exit 1
     fi
-    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis, cryptography, fastapi, uvicorn, prometheus_client, httpx" \
+    .venv/bin/python -c "import agent, gpiozero, paho.mqtt, serial, pydantic, yaml, pytest, hypothesis, cryptography, fastapi, uvicorn, prometheus_client, httpx, psycopg" \
       || { echo "setup: the installed environment is incomplete" >&2; exit 1; }
     touch "$stamp"
   fi

@@ -175,7 +175,7 @@ class Coordinator:
                 self.store.commit()
                 fut.set_result(res)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                self.store.db.rollback()
+                self.store.rollback()
                 fut.set_exception(e)
         elif kind == "connected":
             self.connected = True

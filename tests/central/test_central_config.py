@@ -80,3 +80,10 @@ def test_siaga_central_with_a_bad_config_exits_1_with_the_problem(tmp_path):
     r = subprocess.run([sys.executable, "-m", "agent.cli", "central", "--config", str(p)], capture_output=True,
                        text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 1 and f"{p}:2: store.pth: unknown key 'pth'" in r.stderr
+
+
+def test_a_postgres_url_may_not_carry_its_password(tmp_path):
+    p = write(tmp_path, "registry: offices.yaml\nstore:\n  url: postgresql://central:hunter2@db:5432/siaga\n")
+    assert f"{p}:3: store.url: put the password in ~/.pgpass (or PGPASSWORD), not in the config" in problems(p)
+    p.write_text("registry: offices.yaml\nstore:\n  url: postgresql://central@db:5432/siaga\n")
+    assert load(p).cfg.store.url == "postgresql://central@db:5432/siaga"

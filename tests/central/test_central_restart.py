@@ -15,9 +15,10 @@ from central_builders import alarms_state, event, mains, status, ups
 from central_rig import central_config, until
 
 
-def test_state_incidents_alarms_and_acks_survive_a_restart(tmp_path: Path) -> None:
+def test_state_incidents_alarms_and_acks_survive_a_restart(tmp_path: Path, store_url: str) -> None:
+    """On SQLite and on PostgreSQL."""
     cfg = load(central_config(tmp_path, 1, rules={"group_wait_s": 0, "heartbeat_timeout_s": 60}))
-    db = str(tmp_path / "central.db")
+    db = store_url
     coord = spawn(cfg, db, mqtt_client=False)
 
     def feed(c, site, kind, part, model):

@@ -1,4 +1,5 @@
-"""The SQLite store: events once by id, in (boot, seq) order, gaps shown, the contiguous ack."""
+"""The store, on SQLite and on PostgreSQL (one set of tests, ``store_url``): events once by id, in
+(boot, seq) order, gaps shown, the contiguous ack, telemetry means, read-only readers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ def add(store, site, *evs, rx=T0, late=False):
     return [store.add_event(site, e.model_dump(mode="json"), rx, late) for e in evs]
 
 
-def test_events_are_stored_once_by_id_and_read_in_boot_seq_order(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_events_are_stored_once_by_id_and_read_in_boot_seq_order(store_url):
+    s = Store(store_url)
     e3, e1, e2 = event(3, boot=2), event(1, boot=1), event(2, boot=2)
     assert add(s, "sambas", e3, e1, e2) == [True, True, True]
     assert add(s, "sambas", e1) == [False]  # a redelivery (at-least-once)
@@ -22,8 +23,8 @@ def test_events_are_stored_once_by_id_and_read_in_boot_seq_order(tmp_path):
     assert s.count_events("sambas") == 3
 
 
-def test_the_ack_covers_only_contiguous_seqs_and_waits_at_a_gap(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_the_ack_covers_only_contiguous_seqs_and_waits_at_a_gap(store_url):
+    s = Store(store_url)
     add(s, "sambas", *(event(i) for i in (1, 2, 3, 5, 6)))
     assert s.advance_ack("sambas", T0, 3600) == (1, 3)
     assert s.gaps("sambas") == [{"from_seq": 4, "to_seq": 4, "accepted": False}]
@@ -33,8 +34,8 @@ def test_the_ack_covers_only_contiguous_seqs_and_waits_at_a_gap(tmp_path):
     assert s.gaps("sambas") == []
 
 
-def test_history_before_the_first_event_seen_is_not_claimed_and_an_old_gap_is_accepted(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_history_before_the_first_event_seen_is_not_claimed_and_an_old_gap_is_accepted(store_url):
+    s = Store(store_url)
     add(s, "sambas", event(100), event(101), event(105))
     assert s.advance_ack("sambas", T0, 3600) == (1, 101)
     assert s.advance_ack("sambas", T0 + 3599, 3600) is None
@@ -42,16 +43,16 @@ def test_history_before_the_first_event_seen_is_not_claimed_and_an_old_gap_is_ac
     assert s.gaps("sambas") == [{"from_seq": 102, "to_seq": 104, "accepted": True}]
 
 
-def test_a_read_only_store_sees_committed_rows(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_a_read_only_store_sees_committed_rows(store_url):
+    s = Store(store_url)
     add(s, "sambas", event(1))
     s.commit()
-    ro = Store(tmp_path / "c.db", readonly=True)
+    ro = Store(store_url, readonly=True)
     assert len(ro.timeline("sambas")) == 1
 
 
-def test_old_telemetry_is_folded_into_five_minute_means_and_the_oldest_means_dropped(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_old_telemetry_is_folded_into_five_minute_means_and_the_oldest_means_dropped(store_url):
+    s = Store(store_url)
     base = 1_800_000_000.0 - (1_800_000_000.0 % 300)
     for i in range(10):  # 10 readings a minute apart: two 5-minute buckets
         s.add_telemetry("sambas", base + 60 * i, {"ts": 0, "charge_pct": 100 - i, "runtime_s": None, "load_pct": 40,
@@ -72,8 +73,8 @@ def test_old_telemetry_is_folded_into_five_minute_means_and_the_oldest_means_dro
     assert [m["bucket"] for m in s.telemetry_means("sambas", 0)] == [base + 300]
 
 
-def test_an_office_cannot_suppress_another_offices_event_by_reusing_its_id(tmp_path):
-    s = Store(tmp_path / "c.db")
+def test_an_office_cannot_suppress_another_offices_event_by_reusing_its_id(store_url):
+    s = Store(store_url)
     e = event(1)
     assert add(s, "sambas", e) == [True]
     assert add(s, "singkawang", e) == [True]  # stored for each office
