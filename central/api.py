@@ -193,6 +193,11 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
     def notifications(limit: int = Query(200, ge=1, le=5000)) -> dict:
         return {"notifications": read(lambda s: s.notifications(limit))}
 
+    @app.get("/api/audit")
+    def audit(limit: int = Query(200, ge=1, le=5000)) -> dict:
+        """The central journal: commands sent and their results, acknowledgements, confirmations, closes."""
+        return {"entries": read(lambda s: s.audit_log(limit))}
+
     @app.get("/api/webhooks/deliveries")
     def deliveries(limit: int = Query(200, ge=1, le=5000)) -> dict:
         return {"deliveries": read(lambda s: s.deliveries(limit))}

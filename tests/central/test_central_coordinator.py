@@ -136,6 +136,8 @@ def test_a_command_gets_its_result_or_no_answer_and_many_offices_need_confirmati
     done = until("result", lambda: client.get(f"/api/commands/{cmd['id']}").json()["status"] == "done" and
                  client.get(f"/api/commands/{cmd['id']}").json())
     assert done["result"]["message"] == "test run started" and done["operator"] == "budi"
+    journal = client.get("/api/audit").json()["entries"]
+    assert [e["action"] for e in journal if e["detail"].get("id") == cmd["id"]] == ["command_result", "command_sent"]
 
     r = client.post("/api/commands", json=body | {"name": "rebirth", "args": {}, "expiry_s": 5})
     cid = r.json()["commands"][0]["id"]
