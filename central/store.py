@@ -96,6 +96,8 @@ class Store:
         self.path = str(path)
         self.d = _Dialect(is_postgres(self.path))
         self._tele: list[tuple] = []
+        self._events: list[tuple] = []
+        self._acks: dict[str, list] | None = None  # site -> [boot, seq, gap_since], loaded at first use
         if self.d.pg:
             import psycopg  # only where PostgreSQL is configured (the central extra installs it)
             from psycopg.rows import dict_row
@@ -138,22 +140,53 @@ class Store:
             finally:
                 cur.close()
 
-    def commit(self) -> None:
+    def commit(self) -> list[tuple[str, bool]]:
+        """Write what is buffered and commit; the events stored by this commit as (site, late)
+        (a duplicate id is not among them)."""
+        inserted = self._write_events()
         self._write_telemetry()
         self.db.commit()
+        return inserted
+
+    def _write_events(self) -> list[tuple[str, bool]]:
+        if not self._events:
+            return []
+        rows, self._events = self._events, []
+        q = "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING"
+        inserted: list[tuple[str, bool]] = []
+        if not self.d.pg:
+            for r in rows:
+                if self.db.execute(q, r).rowcount == 1:
+                    inserted.append((r[0], bool(r[11])))
+            return inserted
+        cur = self.db.cursor()  # one pipelined executemany; RETURNING says which rows were new
+        try:
+            cur.executemany(self.d.sql(q + " RETURNING site, late"), rows, returning=True)
+            while True:
+                for r in cur.fetchall():
+                    inserted.append((r["site"], bool(r["late"])))
+                if not cur.nextset():
+                    break
+        finally:
+            cur.close()
+        return inserted
 
     def rollback(self) -> None:
-        self._tele = []
+        self._tele, self._events, self._acks = [], [], None
         self.db.rollback()
 
     # ------------------------------------------------------------------ events ----------------
+    def queue_event(self, site: str, ev: dict, rx: float, late: bool) -> None:
+        """Store one event (the wire Event as a dict) with the next :meth:`commit`, which says
+        whether it was new (a duplicate id of the same office is dropped)."""
+        self._events.append((site, ev["boot"], ev["seq"], ev["id"], ev["ts"], rx, ev["kind"], ev["name"],
+                             json.dumps(ev["detail"], separators=(",", ":")), int(ev["replayed"]),
+                             int(ev["clock_synced"]), int(late)))
+
     def add_event(self, site: str, ev: dict, rx: float, late: bool) -> bool:
-        """Store one event (the wire Event as a dict); False when its id is already stored."""
-        cur = self.x(
-            "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            (site, ev["boot"], ev["seq"], ev["id"], ev["ts"], rx, ev["kind"], ev["name"],
-             json.dumps(ev["detail"], separators=(",", ":")), int(ev["replayed"]), int(ev["clock_synced"]), int(late)))
-        return cur.rowcount == 1
+        """Store one event now (without committing); False when its id is already stored."""
+        self.queue_event(site, ev, rx, late)
+        return bool(self._write_events())
 
     def ack(self, site: str) -> tuple[int, int] | None:
         r = self.x("SELECT boot, seq FROM acks WHERE site = ?", (site,)).fetchone()
@@ -163,37 +196,64 @@ class Store:
         return {r["site"]: (r["boot"], r["seq"]) for r in self.x("SELECT site, boot, seq FROM acks")}
 
     def advance_ack(self, site: str, now: float, gap_accept_s: float) -> tuple[int, int] | None:
-        """Move the office's acknowledgement over every contiguous seq stored; the new (boot, seq)
-        when it moved, else None."""
-        row = self.x("SELECT boot, seq, gap_since FROM acks WHERE site = ?", (site,)).fetchone()
-        if row is None:  # the first event ever seen sets the base: earlier history is not claimed
-            first = self.x("SELECT min(seq) AS s FROM events WHERE site = ?", (site,)).fetchone()["s"]
-            if first is None:
-                return None
-            boot, seq, gap_since = 0, first - 1, None
-            self.x("INSERT INTO acks VALUES (?,?,?,NULL)", (site, boot, seq))
-        else:
-            boot, seq, gap_since = row["boot"], row["seq"], row["gap_since"]
-        start = seq
-        while True:
-            nxt = self.x("SELECT seq, boot FROM events WHERE site = ? AND seq > ? ORDER BY seq LIMIT 5000",
-                                  (site, seq)).fetchall()
-            stop = not nxt
-            for r in nxt:
-                if r["seq"] == seq:  # two stored events with one seq (an office whose store was replaced)
+        """:meth:`advance_acks` for one office."""
+        return self.advance_acks([site], now, gap_accept_s).get(site)
+
+    def advance_acks(self, sites: Iterable[str], now: float, gap_accept_s: float) -> dict[str, tuple[int, int]]:
+        """Move each office's acknowledgement over every contiguous seq stored; {site: (boot, seq)}
+        for those that moved. Two statements whatever the number of offices (a round trip each on
+        PostgreSQL). Call it after :meth:`commit`: it reads committed events."""
+        sites = sorted(set(sites))
+        if not sites:
+            return {}
+        if self._acks is None:  # the one writer keeps them in memory
+            self._acks = {r["site"]: [r["boot"], r["seq"], r["gap_since"]] for r in
+                          self.x("SELECT site, boot, seq, gap_since FROM acks")}
+        values = ", ".join("(?, ?)" for _ in sites)
+        params: list = []
+        for site in sites:
+            params += [site, self._acks[site][1] if site in self._acks else -1]
+        rows = self.x(f"WITH a(site, seq) AS (VALUES {values}) SELECT e.site AS site, e.seq AS seq, e.boot AS boot "
+                      "FROM events e JOIN a ON e.site = a.site AND e.seq > a.seq ORDER BY e.site, e.seq", params).fetchall()
+        by_site: dict[str, list] = {}
+        for r in rows:
+            by_site.setdefault(r["site"], []).append((r["seq"], r["boot"]))
+        moved: dict[str, tuple[int, int]] = {}
+        inserts, updates, gaps = [], [], []
+        for site in sites:
+            evs = by_site.get(site, [])
+            new = site not in self._acks
+            if new:
+                if not evs:
                     continue
-                if r["seq"] != seq + 1:  # a gap
+                self._acks[site] = [0, evs[0][0] - 1, None]  # the first event seen sets the base
+            boot, seq, gap_since = self._acks[site]
+            start = seq
+            for e_seq, e_boot in evs:
+                if e_seq == seq:  # two stored events with one seq (an office whose store was replaced)
+                    continue
+                if e_seq != seq + 1:  # a gap
                     if gap_since is None:
                         gap_since = now
                     if now - gap_since < gap_accept_s:
-                        stop = True
                         break
-                    self.x("INSERT INTO accepted_gaps VALUES (?,?,?,?)", (site, seq + 1, r["seq"] - 1, now))
-                seq, boot, gap_since = r["seq"], r["boot"], None
-            if stop:
-                break
-        self.x("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?", (boot, seq, gap_since, site))
-        return (boot, seq) if seq != start or row is None else None
+                    gaps.append((site, seq + 1, e_seq - 1, now))
+                seq, boot, gap_since = e_seq, e_boot, None
+            self._acks[site] = [boot, seq, gap_since]
+            (inserts if new else updates).append((site, boot, seq, gap_since) if new else (boot, seq, gap_since, site))
+            if seq != start or new:
+                moved[site] = (boot, seq)
+        cur = self.db.cursor()
+        try:
+            if inserts:
+                cur.executemany(self.d.sql("INSERT INTO acks VALUES (?,?,?,?)"), inserts)
+            if updates:
+                cur.executemany(self.d.sql("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?"), updates)
+            if gaps:
+                cur.executemany(self.d.sql("INSERT INTO accepted_gaps VALUES (?,?,?,?)"), gaps)
+        finally:
+            cur.close()
+        return moved
 
     def gaps(self, site: str) -> list[dict]:
         """Missing seq ranges between stored events of one office (open ones, and accepted ones)."""
@@ -237,6 +297,17 @@ class Store:
         return d
 
     # ------------------------------------------------------------------ offices, alarms -------
+    def save_offices(self, states: dict[str, dict]) -> None:
+        """Many at once (one executemany: pipelined on PostgreSQL)."""
+        if not states:
+            return
+        cur = self.db.cursor()
+        try:
+            cur.executemany(self.d.sql("INSERT INTO offices VALUES (?, ?) ON CONFLICT (site) DO UPDATE SET state = excluded.state"),
+                            [(site, json.dumps(st)) for site, st in states.items()])
+        finally:
+            cur.close()
+
     def save_office(self, site: str, state: dict) -> None:
         self.x("INSERT INTO offices VALUES (?, ?) ON CONFLICT (site) DO UPDATE SET state = excluded.state", (site, json.dumps(state)))
 

@@ -66,6 +66,7 @@ class Coordinator:
         self._adv_sent: dict[str, tuple[str, float]] = {}
         self._dirty: set[str] = set()
         self._event_sites: set[str] = set()
+        self._queued_events = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -152,15 +153,26 @@ class Coordinator:
                         len(batch), t_handled - t_start, t_acked - t_handled, t_end - t_acked, self.q.qsize())
 
     def _flush(self) -> None:
-        self.store.commit()
+        self._commit()
+
+    def _commit(self) -> None:
+        """Commit, then count the events that commit stored (new ids) and remember their offices
+        for the acknowledgement."""
+        inserted = self.store.commit()
+        self.metrics.events.inc(len(inserted))
+        self.metrics.duplicates.inc(self._queued_events - len(inserted))
+        self._queued_events = 0
+        for site, late in inserted:
+            self._event_sites.add(site)
+            if late:
+                self.metrics.late.inc()
 
     def _save_offices(self) -> None:
         """Office state to the store (every few seconds, not per message: after a restart the
         offices' retained messages refresh it anyway; events and alarms are committed per batch)."""
-        for site in self._dirty:
-            self.store.save_office(site, fleet.to_record(self.states[site]))
+        self.store.save_offices({site: fleet.to_record(self.states[site]) for site in self._dirty})
         self._dirty.clear()
-        self.store.commit()
+        self._commit()
 
     def _handle(self, item: tuple) -> float | None:
         kind = item[0]
@@ -172,10 +184,11 @@ class Coordinator:
             _, fn, fut = item
             try:
                 res = fn()
-                self.store.commit()
+                self._commit()
                 fut.set_result(res)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
                 self.store.rollback()
+                self._queued_events = 0
                 fut.set_exception(e)
         elif kind == "connected":
             self.connected = True
@@ -217,13 +230,8 @@ class Coordinator:
         if p.kind == "evt":
             ev: wire.Event = p.model
             late = ev.replayed or (ev.clock_synced and rx - ev.ts > self.rules.late_after_s)
-            if self.store.add_event(site, ev.model_dump(mode="json"), rx, late):
-                self.metrics.events.inc()
-                if late:
-                    self.metrics.late.inc()
-                self._event_sites.add(site)
-            else:
-                self.metrics.duplicates.inc()
+            self.store.queue_event(site, ev.model_dump(mode="json"), rx, late)  # counted at commit
+            self._queued_events += 1
         elif p.kind == "res":
             self._result(site, p.part, p.model, rx)
         elif p.kind == "tele":
@@ -258,14 +266,11 @@ class Coordinator:
         if not self._event_sites:
             return
         now = self.clock()
-        moved = []
-        for site in sorted(self._event_sites):
-            pos = self.store.advance_ack(site, now, self.rules.gap_accept_s)
-            if pos is not None:
-                self.acks[site] = pos
-                moved.append((site, pos))
+        moved = sorted(self.store.advance_acks(self._event_sites, now, self.rules.gap_accept_s).items())
+        for site, pos in moved:
+            self.acks[site] = pos
         self._event_sites.clear()
-        self.store.commit()  # the ack never runs ahead of what is on disk
+        self._commit()  # the ack never runs ahead of what is on disk
         for site, (boot, seq) in moved:
             self._send_ack(site, boot, seq)
 
@@ -338,7 +343,7 @@ class Coordinator:
         advs = {s: advisories.advisory(s, offices, table, states[s], now, self.rules, self._alt_cache, serving)
                 for s in offices}
         national = advisories.national_notice(offices, table, self.rules)
-        self.store.commit()
+        self._commit()
         self._publish_advisories(advs, national, now)
         views = {}
         for s, st in states.items():
@@ -434,7 +439,7 @@ class Coordinator:
         for c in recs:
             self.store.save_command(c)
             self.store.audit(now, req.operator, "command_sent", {k: c[k] for k in ("id", "site", "name", "args", "reason")})
-        self.store.commit()  # journalled before it goes out
+        self._commit()  # journalled before it goes out
         for c in recs:
             if self.mqtt is not None:
                 self.mqtt.command(c["site"], cmd_rules.request_payload(c), req.expiry_s)
