@@ -377,7 +377,7 @@ def password(loaded: Loaded) -> str | None:
     try:
         return loaded.resolve(pf).read_text().strip()
     except OSError as e:
-        raise ConfigError([Problem("mqtt.password_file", None, f"cannot read: {e.strerror or e}")],
+        raise ConfigError([Problem("mqtt.password_file", None, f"cannot read {pf}: {e.strerror or e}")],
                           str(loaded.path)) from None
 
 

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from central.config import ConfigError, load, store_location, webhook_secret
+from central.config import ConfigError, load, password, store_location, webhook_secret
 
 
 def main(config_path: str, log_level: str = "INFO") -> int:
@@ -19,6 +19,7 @@ def main(config_path: str, log_level: str = "INFO") -> int:
         loaded = load(config_path)
         for i in range(len(loaded.cfg.webhooks)):
             webhook_secret(loaded, i)
+        password(loaded)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1

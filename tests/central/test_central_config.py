@@ -87,3 +87,11 @@ def test_a_postgres_url_may_not_carry_its_password(tmp_path):
     assert f"{p}:3: store.url: put the password in ~/.pgpass (or PGPASSWORD), not in the config" in problems(p)
     p.write_text("registry: offices.yaml\nstore:\n  url: postgresql://central@db:5432/siaga\n")
     assert load(p).cfg.store.url == "postgresql://central@db:5432/siaga"
+
+
+def test_siaga_central_says_which_password_file_it_cannot_read(tmp_path):
+    p = write(tmp_path, "registry: offices.yaml\nmqtt: {password_file: central.password}\n")
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "central", "--config", str(p)], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1
+    assert f"{p}: mqtt.password_file: cannot read central.password: No such file or directory" in r.stderr, r.stderr
