@@ -205,7 +205,7 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
                       probe_results=probes.results)
     probes.on_change = mqtt.refresh_state if mqtt else None
     probes.start()
-    svc.mqtt = mqtt
+    svc.mqtt, svc.probes = mqtt, probes
     consoles = console.start(cfg, svc)
     try:
         core.run_forever()

@@ -73,6 +73,15 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def _field(key: str) -> Any:
+    """The annotation of a key that ``key_problem`` accepted (Optional and Annotated unwrapped)."""
+    model: Any = SiteConfig
+    for part in key.split("."):
+        ann = _unwrap(model.model_fields[part].annotation)
+        model = ann
+    return model
+
+
 def _scalar(v: Any) -> str:
     if v is None:
         return "null"
@@ -212,6 +221,8 @@ class ConfigEditor:
             value = parsed.get("v") if isinstance(parsed, dict) else None
         except ConfigError:
             return False, t(lang, "cfg_bad", key=key, reason=f"{raw!r} is not a value (quote text with spaces or #)")
+        if _field(key) is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = raw.strip()  # a text setting typed as digits (a name, a hash): keep it text
         if isinstance(value, (dict, list)):
             return False, t(lang, "cfg_bad", key=key, reason="one value only (lists and sections are edited in the file)")
         with self._lock:

@@ -217,7 +217,7 @@ PARAM_NAMES: dict[str, tuple[str, str]] = {
 }
 
 
-def t(lang: str, key: str, **kw: object) -> str:
+def t(lang: str, key: str, /, **kw: object) -> str:
     """The message ``key`` in ``lang`` (English when ``lang`` is unknown), formatted."""
     en, id_ = MESSAGES[key]
     text = id_ if lang == "id" else en

@@ -75,9 +75,9 @@ class PtyPort:
         sent, end = 0, time.monotonic() + timeout
         while sent < len(data):
             left = end - time.monotonic()
-            if left <= 0:
+            if left < 0:
                 break
-            _, w, _ = select.select([], [self.master], [], left)
+            _, w, _ = select.select([], [self.master], [], max(0.0, left))
             if not w:
                 break
             try:
@@ -218,7 +218,7 @@ class SerialConsole:
     def _write(self, port: Any, data: bytes) -> None:
         # Once a terminal has stopped reading, do not wait for it again on every echo: try
         # briefly until it takes a whole write again.
-        sent = port.write(data, 0.05 if self.stalled else self.write_timeout_s)
+        sent = port.write(data, 0 if self.stalled else self.write_timeout_s)
         self.stalled = sent < len(data)
         if self.stalled:
             self.dropped += len(data) - sent

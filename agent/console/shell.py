@@ -90,6 +90,7 @@ class Shell:
             self.started = True
             self.out("\n" + t(self.session.lang, "banner", version=__version__, site=self.svc.site_id) + "\n")
             self.prompt()
+            data = data.lstrip(b"\r\n")  # the Enter that woke the console is not a line
         for b in data:
             if self.ended:
                 return

@@ -4,6 +4,7 @@ real agent (``siaga run``, hardware: simulated) with its console on that cable."
 from __future__ import annotations
 
 import os
+import re
 import select
 import time
 import tty
@@ -15,6 +16,8 @@ from agent.passwords import hash_password
 from agent_process import Agent, make_config
 
 PIN = "4321"
+PROMPT = re.compile(rb"[\w-]+\[[A-Z_?]+\][>#] ")
+PROMPT_END = re.compile(rb"[\w-]+\[[A-Z_?]+\][>#] $")
 PIN_HASH = hash_password(PIN)
 
 
@@ -33,6 +36,7 @@ class Terminal:
 
     def plug(self) -> None:
         self.master, slave = os.openpty()
+        os.set_blocking(self.master, False)  # select says "readable" for a hang-up too
         tty.setraw(slave)
         path = os.ttyname(slave)
         os.close(slave)
@@ -48,15 +52,22 @@ class Terminal:
             os.close(self.master)
             self.master = None
 
-    def send(self, data: bytes | str) -> None:
-        """Write everything, reading what comes back meanwhile (a terminal reads as it types)."""
+    def send(self, data: bytes | str, read: bool = True, timeout: float = 30.0) -> None:
+        """Write everything; while writing, read what comes back (a terminal reads as it types)
+        unless ``read`` is False (a terminal that never reads)."""
         data = data.encode() if isinstance(data, str) else data
+        end = time.monotonic() + timeout
         while data:
-            _, w, _ = select.select([], [self.master], [], 0.5)
+            assert time.monotonic() < end, f"the agent stopped taking input ({len(data)} bytes left)"
+            _, w, _ = select.select([], [self.master], [], 0.2)
             if w:
-                n = os.write(self.master, data[:256])
+                try:
+                    n = os.write(self.master, data[:256])
+                except BlockingIOError:
+                    n = 0
                 data = data[n:]
-            self._drain(0)
+            if read:
+                self._drain(0)
 
     def type(self, text: str) -> None:
         """One key at a time, as a person types."""
@@ -68,8 +79,8 @@ class Terminal:
         if r:
             try:
                 self.seen += os.read(self.master, 65536)
-            except OSError:
-                pass
+            except OSError:  # BlockingIOError, or EIO while the agent has the port closed
+                time.sleep(0.05)
 
     def expect(self, what: str, timeout: float = 30.0) -> str:
         """Wait for ``what`` after the last expect; return the text up to and including it."""
@@ -86,27 +97,42 @@ class Terminal:
                                      + self.seen[self.mark:].decode("ascii", "replace")[-3000:])
             self._drain(0.1)
 
-    def command(self, line: str, prompt: str = "]") -> str:
-        """Type ``line`` and Enter (CR, as most terminals send); the reply up to the next prompt."""
-        self.type(line + "\r")
-        self.expect(line)  # the echo
-        out = self.expect("\r\n" + "", 30)
-        return self.until_prompt(prompt)
-
-    def until_prompt(self, prompt: str = "]") -> str:
-        text = ""
+    def prompts(self, n: int = 1, timeout: float = 30.0) -> str:
+        """Wait until ``n`` prompts have come after the mark and the output ends with one;
+        return that text (CRLF as sent) and move the mark past it."""
+        end = time.monotonic() + timeout
         while True:
-            text += self.expect(prompt)
-            rest = self.seen[self.mark:]
-            end = time.monotonic() + 30
-            while not rest.endswith((b"> ", b"# ")) and time.monotonic() < end:
-                self._drain(0.1)
-                rest = self.seen[self.mark:]
-                if b"\n" in rest:
-                    break
-            if rest.endswith((b"> ", b"# ")):
+            tail = self.seen[self.mark:]
+            if len(PROMPT.findall(tail)) >= n and PROMPT_END.search(tail):
                 self.mark = len(self.seen)
-                return text.rsplit("\r\n", 1)[0] if "\r\n" in text else ""
+                return tail.decode("ascii", "replace")
+            if time.monotonic() > end:
+                raise AssertionError(f"not {n} prompt(s) within {timeout} s; the terminal shows:\n"
+                                     + tail.decode("ascii", "replace")[-3000:])
+            self._drain(0.1)
+
+    def command(self, line: str, enter: str = "\r") -> str:
+        """Type ``line`` and Enter (CR, as most terminals send); the reply without the echo and
+        the next prompt."""
+        self.mark = len(self.seen)
+        self.type(line + enter)
+        text = self.prompts(1)
+        body = text.split("\r\n", 1)[1] if "\r\n" in text else ""
+        return body.rsplit("\r\n", 1)[0] if "\r\n" in body else ""
+
+    def start_session(self, timeout: float = 30.0) -> str:
+        """Press Enter until the agent answers: after a re-plug the agent opens the port within a
+        second or so, and opening flushes what was typed before (as a technician presses Enter
+        again)."""
+        self.mark = len(self.seen)
+        end = time.monotonic() + timeout
+        while True:
+            self.send("\r")
+            try:
+                return self.prompts(1, timeout=2.0)
+            except AssertionError:
+                if time.monotonic() > end:
+                    raise
 
 
 @pytest.fixture

@@ -1,0 +1,195 @@
+"""The console of a real agent (``siaga run``, hardware: simulated) over a real pty cable, typed
+the way a person types: each input works or gets a clear message, and the controller keeps
+its deadlines meanwhile."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from conftest import PIN, Terminal
+
+pytestmark = pytest.mark.slow
+
+
+def test_typing_like_a_person(console_agent):
+    agent, term = console_agent
+    first = term.start_session()
+    assert "technician console, site sim-sambas" in first and first.endswith("sim-sambas[MAINS_OK]> ")
+
+    term.mark = len(term.seen)
+    term.type("statsu\b\bus\r")  # a typo fixed with backspace (BS)
+    screen = term.prompts(1)
+    assert "\b \b\b \b" in screen and "State  MAINS_OK" in screen
+
+    assert "ACTIVE" in term.command("alarmz\x7fs") or "no alarms" in term.command("alarms")  # DEL
+    for enter in ("\r", "\n", "\r\n"):  # any terminal's Enter; CRLF is one Enter, not two
+        term.mark = len(term.seen)
+        term.type("version" + enter)
+        out = term.prompts(1)
+        assert out.count("siaga 0.1.0  site sim-sambas") == 1
+        term._drain(0.3)
+        assert not term.seen[term.mark:], "CRLF ran the line twice (an extra prompt)"
+
+    term.mark = len(term.seen)
+    term.send("version\r\nsh al\r\nev 3\r\n")  # a pasted block: three lines at once, in order
+    block = term.prompts(3)
+    assert block.index("siaga 0.1.0") < block.index("sh al") < block.index("ev 3")
+    assert block.count("boot 1") >= 3
+
+    reply = term.command("x" * 4096)  # a 4 KB line: refused whole, never cut and run
+    assert "% Line too long (4096 characters, at most 256): ignored" in reply
+    assert "siaga 0.1.0" in term.command("version")
+
+    noise = random.Random(13).randbytes(3000)  # line noise, including CRs, LFs and ESCs
+    term.mark = len(term.seen)
+    term.send(noise)
+    term.send("\x03\rversion\r")  # Ctrl-C, Enter: back to a clean line; then a command
+    term.expect("siaga 0.1.0  site")
+    term.prompts(1)
+    after = term.seen.decode("ascii", "replace")
+    assert "non-text byte(s) ignored" in after or "% Unknown command" in after
+    assert agent.status()["state"] == "MAINS_OK"
+    # nothing the noise said changed anything: no operator command was journalled
+    assert not [r for r in agent.journal() if r["name"] == "operator_command"]
+
+    assert "lang id" in term.command("lang id") or True
+    assert "% Perintah tidak dikenal di 'gen stat'" in term.command("gen stat")
+    assert "pemakaian: gen start | gen stop" in term.command("gen stat")
+
+
+def test_gen_start_needs_enable_and_the_e_stop_wins_whatever_the_pin(console_agent):
+    agent, term = console_agent
+    term.start_session()
+    assert "% Needs privileged mode" in term.command("gen start")
+    assert not agent.world()["generator_running"]
+
+    term.type("enable\r")
+    term.expect("PIN: ")
+    term.mark = len(term.seen)
+    term.type("1111\r")
+    assert "wrong PIN (4 more before enable is locked)" in term.prompts(1)
+    assert PIN not in term.seen.decode()  # never echoed (nor the wrong one)
+    term.type("enable\r")
+    term.expect("PIN: ")
+    term.mark = len(term.seen)
+    term.type(PIN + "\r")
+    out = term.prompts(1)
+    assert "privileged mode" in out and out.endswith("sim-sambas[MAINS_OK]# ")
+    assert PIN not in term.seen.decode()
+
+    assert "REFUSED" in term.command("gen start") and "mode manual" in term.seen.decode()  # AUTO: says what to do
+    assert "OK: mode MANUAL" in term.command("mode manual")
+    assert "OK: manual run starting" in term.command("gen start")
+    agent.until("the simulated generator runs", lambda: agent.world()["generator_running"], 30)
+    assert "OK" in term.command("gen stop")
+    agent.until("the generator stopped", lambda: not agent.world()["generator_running"], 40)
+
+    assert term.command("sim estop on") == "OK"  # the simulated mushroom button (no PIN: it is the plant)
+    agent.until("e-stop seen", lambda: agent.status()["inputs"]["e_stop"], 20)
+    reply = term.command("gen start")
+    assert reply.startswith("REFUSED: ") and "locked out" in reply
+    assert not agent.world()["generator_running"] and not agent.status()["outputs"]["start"]
+
+    journal = [r for r in agent.journal() if r["name"] == "operator_command"]
+    assert [(r["detail"]["command"], r["detail"]["ok"], r["detail"]["source"]) for r in journal] == [
+        ("gen start", False, "console"), ("mode manual", True, "console"), ("gen start", True, "console"),
+        ("gen stop", True, "console"), ("gen start", False, "console")]
+    enables = [r["detail"]["ok"] for r in agent.journal() if r["name"] == "console_enable"]
+    assert enables == [False, True]
+
+
+def test_five_wrong_pins_lock_enable_and_the_lockout_survives_reconnecting(console_agent):
+    agent, term = console_agent
+    term.start_session()
+    for i in range(5):
+        term.type("enable\r")
+        term.expect("PIN: ")
+        term.mark = len(term.seen)
+        term.type(f"99{i}\r")
+        out = term.prompts(1)
+    assert "wrong PIN: enable is locked for 60 s" in out
+    assert "enable is locked for" in term.command("enable")  # not even asked for the PIN
+
+    term.pull()  # the cable is pulled ...
+    agent.until("session end journalled", lambda: [r for r in agent.journal() if r["name"] == "console_session_ended"], 20)
+    term.plug()  # ... and plugged in again: the agent reopens the port by itself
+    banner = term.start_session()
+    assert "technician console" in banner and banner.endswith("> ")
+    reply = term.command("enable")
+    assert "enable is locked for" in reply and "s more after wrong PINs" in reply
+    assert "PIN: " not in reply
+    locked = [r for r in agent.journal() if r["name"] == "console_enable_locked"]
+    assert locked and locked[0]["detail"] == {"source": "console", "for_s": 60}
+
+
+def test_a_pulled_cable_ends_the_session_and_privilege(console_agent):
+    agent, term = console_agent
+    term.start_session()
+    term.type("enable\r")
+    term.expect("PIN: ")
+    term.mark = len(term.seen)
+    term.type(PIN + "\r")
+    assert term.prompts(1).endswith("# ")
+    term.pull()
+    agent.until("session end journalled", lambda: [r for r in agent.journal() if r["name"] == "console_session_ended"], 20)
+    term.plug()
+    assert term.start_session().endswith("sim-sambas[MAINS_OK]> ")  # a new session, not privileged
+    assert "% Needs privileged mode" in term.command("mode manual")
+
+
+def test_a_terminal_that_never_reads_stalls_neither_the_console_nor_the_core(console_agent):
+    """The terminal types a flood of commands whose replies it never reads. The agent's writes
+    time out and the output is dropped; the controller meanwhile goes through a mains failure on
+    time (its deadlines measured from the journal), and ``siaga ctl`` answers throughout."""
+    agent, term = console_agent
+    term.start_session()
+    assert agent.ctl("sim", "mains", "off") == "OK"
+    for _ in range(20):  # ~2 MB of replies nobody reads, and a 4 KB line now and then
+        term.send("events 200\r" * 5 + "y" * 4096 + "\r", read=False)
+        assert agent.status()["state"]  # ctl answers during the flood
+    agent.wait_state("ON_GENERATOR", 60)
+    rows = [r for r in agent.journal() if r["kind"] == "state"]
+    t = {r["name"]: r["t_mono"] for r in rows}
+    lag_fail = t["START_DELAY"] - t["MAINS_FAILING"] - 2.0  # mains_fail_delay_s
+    lag_start = t["CRANKING"] - t["START_DELAY"] - 2.0  # start_delay_s
+    print(f"controller tick lag during the flood: mains_fail_delay {lag_fail * 1000:.1f} ms, "
+          f"start_delay {lag_start * 1000:.1f} ms")
+    assert -0.01 <= lag_fail < 1.0 and -0.01 <= lag_start < 1.0
+    # the terminal reads again: the console is alive and says what it dropped
+    term.mark = len(term.seen)
+    term.type("version\r")
+    term.expect("siaga 0.1.0  site", timeout=120)  # after the backlog it was typed behind
+    term.prompts(1)
+    assert "% The terminal stopped reading:" in term.seen.decode("ascii", "replace")
+
+
+def test_the_console_on_a_pty_the_agent_makes(tmp_path):
+    """``console.pty_link``: a second, independent console the agent serves on its own pty (a
+    laptop's terminal program opens the link), next to siaga ctl."""
+    from agent_process import Agent, make_config
+
+    link = tmp_path / "console.pty"
+    agent = Agent(make_config(tmp_path, console={"pty_link": str(link)}), tmp_path)
+    agent.start()
+    try:
+        import os
+        import select
+        import time
+        import tty
+
+        fd = os.open(str(link), os.O_RDWR | os.O_NOCTTY)
+        tty.setraw(fd)
+        os.write(fd, b"sh ver\r")
+        seen, end = b"", time.monotonic() + 30
+        while b"site sim-sambas" not in seen or not seen.endswith(b"> "):
+            assert time.monotonic() < end, seen
+            if select.select([fd], [], [], 0.2)[0]:
+                seen += os.read(fd, 4096)
+        os.close(fd)
+        assert b"siaga 0.1.0  site sim-sambas  hardware simulated" in seen
+        assert json.loads(agent.ctl("status", "--json"))["state"] == "MAINS_OK"
+    finally:
+        agent.stop()
