@@ -233,6 +233,11 @@ def _events(ctx: Ctx, p: Parsed) -> Reply:
     recs, tz = ask(ctx, lambda c: (c.store.journal(max(0, c.store.last_seq() - n)), getattr(c.wall, "tz", None)))
     if p.as_json:
         return Reply(json.dumps([r.__dict__ for r in recs]))
+    if ctx.session.source == "console":  # 80 columns: short time, details as key=value
+        return Reply("\n".join(
+            f"{r.seq:>6} {_clock(r.ts_wall, tz)}{' ' if r.clock_synced else '?'} {r.kind:<7} {r.name} "
+            + " ".join(f"{k}={v}" for k, v in r.detail.items() if v not in (None, "", {}, []))
+            for r in recs))
     return Reply("\n".join(journal_lines(recs, tz)))
 
 

@@ -284,6 +284,9 @@ class ConfigEditor:
         data = _mask(data)
         if section:
             sect = section.strip().lower()
+            head = [k for k in SiteConfig.model_fields if k.startswith(sect.split(".")[0])]
+            if len(head) == 1 and "." not in sect:
+                sect = head[0]  # a unique prefix, as for commands
             found, data = _get(data, sect.split("."))
             if not found:
                 near = difflib.get_close_matches(sect, list(SiteConfig.model_fields), n=1)

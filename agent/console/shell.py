@@ -20,6 +20,7 @@ the controller's state and ``>`` or ``#`` (privileged)::
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Callable
 
@@ -29,8 +30,21 @@ from agent.console.commands import Reply, Services, Session
 from agent.console.i18n import t
 
 MAX_LINE = 256
+WIDTH = 79
 HISTORY = 20
 RED, GREEN, RESET = "\x1b[31m", "\x1b[32m", "\x1b[0m"
+
+
+def fit(text: str, width: int = WIDTH) -> str:
+    """Wrap lines wider than the terminal at word boundaries, continuations indented, so a dumb
+    terminal never breaks a word at column 80 (the caret lines of errors are never that wide)."""
+    out = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+        else:
+            out += textwrap.wrap(line, width, subsequent_indent=" " * 6, break_on_hyphens=False) or [""]
+    return "\n".join(out)
 
 
 class Shell:
@@ -79,7 +93,7 @@ class Shell:
     def show(self, reply: Reply) -> None:
         text = commands.render(reply, self.session)
         if text:
-            self.out(self._colour(text, reply.status) + "\n")
+            self.out(self._colour(fit(text), reply.status) + "\n")
 
     # ------------------------------------------------------------------ input --------------
     def feed(self, data: bytes) -> None:

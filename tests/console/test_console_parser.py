@@ -161,3 +161,15 @@ def test_wrong_arguments_get_the_usage(cmd, words):
         assert "pemakaian: " in e.render("id") or e.key == "ambiguous_at"
     else:  # accepted: every argument was one the command takes
         assert p.cmd.path[: len(cmd.path)] == cmd.path
+
+
+def test_the_guide_lists_every_alarm_code_and_every_command():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "console.md").read_text()
+    for name, code in i18n.ALARM_CODES.items():
+        if name in amf_types.ALARMS:
+            assert f"| {code} | `{name}` |" in doc, name
+    for c in COMMANDS:
+        if not c.hidden and c.path[0] != "show":
+            assert f"`{c.path[0]}" in doc, c.path
