@@ -140,11 +140,16 @@ class Store:
             finally:
                 cur.close()
 
-    def commit(self) -> list[tuple[str, bool]]:
-        """Write what is buffered and commit; the events stored by this commit as (site, late)
-        (a duplicate id is not among them)."""
+    def write(self) -> list[tuple[str, bool]]:
+        """Write what is buffered (inside the open transaction); the events it stored as
+        (site, late) (a duplicate id is not among them)."""
         inserted = self._write_events()
         self._write_telemetry()
+        return inserted
+
+    def commit(self) -> list[tuple[str, bool]]:
+        """:meth:`write`, then commit."""
+        inserted = self.write()
         self.db.commit()
         return inserted
 
@@ -202,7 +207,8 @@ class Store:
     def advance_acks(self, sites: Iterable[str], now: float, gap_accept_s: float) -> dict[str, tuple[int, int]]:
         """Move each office's acknowledgement over every contiguous seq stored; {site: (boot, seq)}
         for those that moved. Two statements whatever the number of offices (a round trip each on
-        PostgreSQL). Call it after :meth:`commit`: it reads committed events."""
+        PostgreSQL). Call it after :meth:`write` (it reads the events written), and publish what it
+        returns only after :meth:`commit`."""
         sites = sorted(set(sites))
         if not sites:
             return {}

@@ -67,6 +67,7 @@ class Coordinator:
         self._dirty: set[str] = set()
         self._event_sites: set[str] = set()
         self._queued_events = 0
+        self._to_ack: dict[str, tuple[int, int]] = {}  # committed, not yet published
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -138,7 +139,7 @@ class Coordinator:
                 rxs.append(rx)
         t_handled = time.monotonic()
         if batch:
-            self._flush()
+            self._flush()  # one transaction: the batch and the acknowledgements it earned
             done = time.time()
             for rx in rxs:
                 self.metrics.lag.observe(max(0.0, done - rx))
@@ -153,12 +154,25 @@ class Coordinator:
                         len(batch), t_handled - t_start, t_acked - t_handled, t_end - t_acked, self.q.qsize())
 
     def _flush(self) -> None:
-        self._commit()
+        """Write the batch, move the acknowledgements over what it stored, commit once (the
+        acknowledgements go out after, in :meth:`_publish_acks`: never ahead of the disk)."""
+        self._count(self.store.write())
+        if self._event_sites:
+            now = self.clock()
+            moved = self.store.advance_acks(self._event_sites, now, self.rules.gap_accept_s)
+            self._event_sites.clear()
+            for site, pos in moved.items():
+                self.acks[site] = pos
+            self._to_ack.update(moved)
+        self.store.commit()
 
     def _commit(self) -> None:
-        """Commit, then count the events that commit stored (new ids) and remember their offices
-        for the acknowledgement."""
-        inserted = self.store.commit()
+        """Commit (outside the batch path: operator actions, ticks); events stored this way are
+        acknowledged with the next batch."""
+        self._count(self.store.commit())
+
+    def _count(self, inserted: list[tuple[str, bool]]) -> None:
+        """Count the events just stored (new ids) and remember their offices for the acknowledgement."""
         self.metrics.events.inc(len(inserted))
         self.metrics.duplicates.inc(self._queued_events - len(inserted))
         self._queued_events = 0
@@ -263,14 +277,11 @@ class Coordinator:
         self.store.audit(rx, site, "command_result", {"id": c["id"], "code": r.code, "message": r.message})
 
     def _publish_acks(self) -> None:
-        if not self._event_sites:
-            return
-        now = self.clock()
-        moved = sorted(self.store.advance_acks(self._event_sites, now, self.rules.gap_accept_s).items())
-        for site, pos in moved:
-            self.acks[site] = pos
-        self._event_sites.clear()
-        self._commit()  # the ack never runs ahead of what is on disk
+        """Publish the acknowledgements committed by :meth:`_flush` (events stored outside a batch,
+        e.g. through ``call``, are folded in here first)."""
+        if self._event_sites:
+            self._flush()
+        moved, self._to_ack = sorted(self._to_ack.items()), {}
         for site, (boot, seq) in moved:
             self._send_ack(site, boot, seq)
 
