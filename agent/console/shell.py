@@ -43,7 +43,7 @@ def fit(text: str, width: int = WIDTH) -> str:
         if len(line) <= width:
             out.append(line)
         else:
-            out += textwrap.wrap(line, width, subsequent_indent=" " * 6, break_on_hyphens=False) or [""]
+            out += textwrap.wrap(line, width, subsequent_indent=" " * 6, break_on_hyphens=False, break_long_words=False) or [""]
     return "\n".join(out)
 
 

@@ -56,7 +56,8 @@ def test_typing_like_a_person(console_agent):
     # nothing the noise said changed anything: no operator command was journalled
     assert not [r for r in agent.journal() if r["name"] == "operator_command"]
 
-    assert "lang id" in term.command("lang id") or True
+    term.start_session()  # (the noise may have held a Ctrl-D, which ends a session)
+    assert term.command("lang id") == "OK: bahasa: Indonesia"
     assert "% Perintah tidak dikenal di 'gen stat'" in term.command("gen stat")
     assert "pemakaian: gen start | gen stop" in term.command("gen stat")
 
@@ -194,3 +195,34 @@ def test_the_console_on_a_pty_the_agent_makes(tmp_path):
         assert json.loads(agent.ctl("status", "--json"))["state"] == "MAINS_OK"
     finally:
         agent.stop()
+
+
+def test_config_set_from_the_console_refuses_a_bad_value_and_commits_a_good_one(console_agent):
+    agent, term = console_agent
+    site = agent.cfg
+    before = site.read_bytes()
+    term.start_session()
+    assert "% Needs privileged mode" in term.command("config set generator.timers.crank_time_s 5")
+    term.type("enable\r")
+    term.expect("PIN: ")
+    term.mark = len(term.seen)
+    term.type(PIN + "\r")
+    term.prompts(1)
+    reply = term.command("config set generator.timers.crank_time_s -5")
+    reply = re.sub(r"\r\n +", " ", reply)
+    assert reply.startswith("REFUSED: generator.timers.crank_time_s: ") and "greater than 0" in reply
+    assert site.read_bytes() == before
+    assert "nothing staged" in term.command("config commit")
+    assert "1 change(s) staged" in term.command("config set console.language id")
+    assert site.read_bytes() == before  # staged, not written
+    reply = re.sub(r"\r\n +", " ", term.command("config commit"))  # long lines come wrapped at 80
+    assert reply.startswith(f"OK: written to {site} (backup {site}.bak)") and reply.endswith("; applied")
+    assert (site.parent / (site.name + ".bak")).read_bytes() == before
+    assert "language: id" in site.read_text()
+    # applied at once: a new session speaks Indonesian; siaga ctl keeps its English outcome words
+    term.type("exit\r")
+    term.expect("Session ended.")  # this session keeps the language it started with
+    assert "Konsol teknisi Siaga" in term.start_session()
+    committed = [r["detail"] for r in agent.journal() if r["name"] == "config_committed"]
+    assert committed == [{"source": "console", "keys": ["console.language"]}]
+    assert agent.ctl("config", "set", "ups.protocol", "zmodem").startswith("REFUSED: ups.protocol: ")
