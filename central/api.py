@@ -90,7 +90,9 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
     @app.get("/api/health")
     def health() -> dict:
         snap = coord.snapshot
-        return {"ok": True, "broker_connected": snap["connected"], "built_at": snap["built_at"],
+        alive = coord._thread is not None and coord._thread.is_alive()
+        return {"ok": alive, "owner_thread_alive": alive, "broker_connected": snap["connected"],
+                "built_at": snap["built_at"], "last_error": coord.last_error,
                 "bind": "loopback only: no accounts yet"}
 
     @app.get("/api/fleet")

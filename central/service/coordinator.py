@@ -68,6 +68,7 @@ class Coordinator:
         self._event_sites: set[str] = set()
         self._queued_events = 0
         self._to_ack: dict[str, tuple[int, int]] = {}  # committed, not yet published
+        self.last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -105,10 +106,20 @@ class Coordinator:
         if self.mqtt is not None:
             self.mqtt.start()
         self.webhooks.start()
-        self.tick()
-        try:
+        try:  # (the first turn ticks at once: _next_tick is 0)
             while not self._stop.is_set():
-                self.run_once(max(0.0, self._next_tick - self.clock()))
+                try:
+                    self.run_once(max(0.0, self._next_tick - self.clock()))
+                except Exception as e:  # noqa: BLE001 - e.g. the database went away: keep trying
+                    log.exception("the owner thread's turn failed; the batch is rolled back")
+                    self.metrics.dropped.labels("store_error").inc()
+                    self.last_error = f"{type(e).__name__}: {e}"[:300]
+                    self._to_ack, self._event_sites, self._queued_events = {}, set(), 0
+                    try:
+                        self.store.rollback()
+                    except Exception:  # noqa: BLE001
+                        log.exception("rollback failed")
+                    self._stop.wait(1.0)
         finally:
             self.webhooks.stop()
             if self.mqtt is not None:

@@ -54,3 +54,29 @@ def test_state_incidents_alarms_and_acks_survive_a_restart(tmp_path: Path, store
         assert len(Store(db, readonly=True).notifications()) == pages_before  # nothing paged again
     finally:
         again.stop()
+
+
+def test_a_failed_write_is_rolled_back_and_the_coordinator_keeps_going(tmp_path: Path) -> None:
+    """A write that fails (the disk full, the database gone for a moment) rolls the batch back,
+    is counted and shown in /api/health; nothing of it is acknowledged, and later batches are stored."""
+    cfg = load(central_config(tmp_path, 1))
+    coord = spawn(cfg, str(tmp_path / "central.db"), mqtt_client=False)
+    try:
+        real_write, fails = coord.store.write, [1]
+
+        def flaky_write():  # fails once, when the batch carrying the first event is written
+            if fails and any(r[3] == e1.id for r in coord.store._events):
+                fails.pop()
+                raise OSError("disk full (simulated)")
+            return real_write()
+
+        e1, e2 = event(1, ts=time.time()), event(2, ts=time.time())
+        coord.store.write = flaky_write
+        coord.post(("msg", "siaga/sambas/evt/state", e1.dump(), False, time.time()))
+        until("the failure noticed", lambda: coord.last_error and "disk full" in coord.last_error)
+        assert "sambas" not in coord.acks  # nothing acknowledged from the failed batch
+        coord.post(("msg", "siaga/sambas/evt/state", e2.dump(), False, time.time()))
+        until("the next batch stored", lambda: e2.id in {e["id"] for e in Store(tmp_path / "central.db", readonly=True).timeline("sambas")})
+        assert coord._thread.is_alive() and e1.id not in {e["id"] for e in Store(tmp_path / "central.db", readonly=True).timeline("sambas")}
+    finally:
+        coord.stop()
