@@ -183,7 +183,7 @@ def ask(ctx: Ctx, event: Any) -> Any:
 def controller(ctx: Ctx, name: str, args: dict | None = None) -> Reply:
     res = ask(ctx, amf_types.Command(name, args or {}, source=ctx.session.source))
     assert isinstance(res, amf_types.CommandResult)
-    return Reply(res.message, "ok" if res.ok else "refused")
+    return Reply(i18n.controller_text(ctx.lang, res.message), "ok" if res.ok else "refused")
 
 
 def outcome(ok: bool, message: str) -> Reply:
@@ -264,7 +264,7 @@ def _ack(ctx: Ctx, p: Parsed) -> Reply:
 def _gen(ctx: Ctx, p: Parsed) -> Reply:
     name = p.cmd.path[-1]
     r = controller(ctx, name)
-    if r.status == "refused" and "MANUAL mode" in r.text:
+    if r.status == "refused" and ("MANUAL mode" in r.text or "mode MANUAL" in r.text):
         r.text = ctx.t("gen_start_hint", msg=r.text)
     return r
 

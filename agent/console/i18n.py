@@ -217,6 +217,51 @@ PARAM_NAMES: dict[str, tuple[str, str]] = {
 }
 
 
+# The controller's own replies (agent/control/amf.py says them in English), in Bahasa Indonesia.
+# Matched whole; the first that matches wins; an unknown reply is shown as the controller said it.
+CONTROLLER_ID: tuple[tuple[str, str], ...] = (
+    (r"acknowledged (\d+) alarm\(s\); e_stop not reset: release it first",
+     r"\1 alarm di-ack; e_stop belum di-reset: lepaskan dulu tombolnya"),
+    (r"acknowledged (\d+) alarm\(s\)", r"\1 alarm di-ack"),
+    (r"release the e-stop first: it can only be reset once released",
+     "lepaskan tombol darurat dulu: hanya bisa di-reset setelah dilepas"),
+    (r"unknown alarm (.*)", r"alarm \1 tidak dikenal"),
+    (r"service interval restarted", "interval servis dimulai ulang"),
+    (r"mode (\w+); start cancelled", r"mode \1; start dibatalkan"),
+    (r"mode MANUAL; the start under way goes on \(`stop` ends it\)",
+     "mode MANUAL; start yang berjalan diteruskan (`gen stop` menghentikannya)"),
+    (r"mode (\w+); the generator keeps carrying the load until mains returns",
+     r"mode \1; genset tetap memikul beban sampai PLN kembali"),
+    (r"mode (\w+)", r"mode \1"),
+    (r"start is only for MANUAL mode \(use test_start in AUTO\)(.*)",
+     r"start hanya untuk mode MANUAL (di AUTO pakai test)\1"),
+    (r"test_start needs AUTO mode", "uji jalan butuh mode AUTO"),
+    (r"mains is not present: the generator starts by itself if needed",
+     "PLN tidak ada: genset akan start sendiri bila perlu"),
+    (r"stop is only for MANUAL mode", "stop hanya untuk mode MANUAL"),
+    (r"nothing to stop \(state (\w+), run reason (\w+)\)", r"tidak ada yang dihentikan (keadaan \1, alasan jalan \2)"),
+    (r"stopping after cool-down", "berhenti setelah pendinginan"),
+    (r"start cancelled", "start dibatalkan"),
+    (r"locked out: acknowledge the alarms first", "terkunci: ack alarmnya dulu"),
+    (r"low fuel", "bahan bakar rendah"),
+    (r"busy \((\w+)\)", r"sibuk (\1)"),
+    (r"start limit per hour reached", "batas start per jam tercapai"),
+    (r"(\w+) run starting", r"genset start (\1)"),
+)
+
+
+def controller_text(lang: str, message: str) -> str:
+    """A controller reply in ``lang``."""
+    if lang != "id":
+        return message
+    import re
+
+    for pattern, repl in CONTROLLER_ID:
+        if re.fullmatch(pattern, message):
+            return re.sub(pattern, repl, message)
+    return message
+
+
 def t(lang: str, key: str, /, **kw: object) -> str:
     """The message ``key`` in ``lang`` (English when ``lang`` is unknown), formatted."""
     en, id_ = MESSAGES[key]

@@ -173,3 +173,20 @@ def test_the_guide_lists_every_alarm_code_and_every_command():
     for c in COMMANDS:
         if not c.hidden and c.path[0] != "show":
             assert f"`{c.path[0]}" in doc, c.path
+
+
+def test_the_controllers_replies_read_in_indonesian():
+    import re as _re
+    from pathlib import Path
+
+    src = (Path(__file__).resolve().parents[2] / "agent" / "control" / "amf.py").read_text()
+    assert i18n.controller_text("id", "locked out: acknowledge the alarms first") == "terkunci: ack alarmnya dulu"
+    assert i18n.controller_text("id", "acknowledged 2 alarm(s)") == "2 alarm di-ack"
+    assert i18n.controller_text("id", "manual run starting") == "genset start (manual)"
+    assert i18n.controller_text("en", "low fuel") == "low fuel"
+    # every fixed reply the controller can give to a console command has its translation
+    fixed = [m for m in _re.findall(r'return (?:True|False), "([^"{]+)"', src) if "arguments" not in m
+             and "duration_s" not in m and "on_load" not in m]
+    assert fixed
+    for m in fixed:
+        assert i18n.controller_text("id", m) != m, m
