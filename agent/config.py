@@ -313,9 +313,18 @@ class NutConfig(_Model):
     ups_name: str = Field("ups", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     users: list[NutUser] = Field(default_factory=list)
     max_connections: int = Field(64, ge=1)
-    idle_timeout_s: float = Field(300.0, gt=0)
+    # One host may hold at most this many connections (a real upsmon holds one; upsc one more).
+    max_connections_per_address: int = Field(8, ge=1)
+    idle_timeout_s: float = Field(300.0, gt=0)  # since the client's last complete line
+    # A connection that has not logged in (or given a good password) is closed after this long.
+    # upsc and monitoring tools that never log in reconnect when they next ask.
+    prelogin_timeout_s: float = Field(60.0, gt=0)
     max_line_bytes: int = Field(512, ge=64)
     instcmds_allowed: list[str] = Field(default_factory=list)
+    # Wrong passwords from one address: after this many, that address is refused without a
+    # check for auth_lockout_s, doubling with each further lockout (at most an hour).
+    auth_failures_before_lockout: int = Field(5, ge=1)
+    auth_lockout_s: float = Field(30.0, gt=0)
 
 
 class ConsoleConfig(_Model):

@@ -144,7 +144,8 @@ def _start_nut(cfg: SiteConfig, core: Core, link: UpsLink | None, seq: ShutdownS
     server = NutServer(cfg.nut, lambda: nut_data(link, seq),
                        instcmd=(lambda name, value: link.instcmd(name, value, source="nut")) if link else None,
                        supported_cmds=link.supported_commands if link else (lambda: []),
-                       on_event=lambda name, detail: core.post(Record(name, detail)))
+                       on_event=lambda name, detail: core.post(Record(name, detail)),
+                       on_alarm=lambda name, active, detail: core.post(amf_types.ExternalAlarm(name, active, detail)))
     try:
         server.start()
     except OSError as e:

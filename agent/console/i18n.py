@@ -37,6 +37,8 @@ ALARM_CODES: dict[str, int] = {
     "central_service_unreachable": 402,  # retired name, kept so 402 is never re-used
     "coordinator_unreachable": 403,
     "service_unreachable": 404,
+    "nut_clients_refused": 501,
+    "nut_password_guessing": 502,
 }
 ALARM_BY_CODE = {v: k for k, v in ALARM_CODES.items()}
 
@@ -66,6 +68,8 @@ ALARM_TEXT_ID: dict[str, str] = {
     "mains_failed_not_in_auto": "PLN padam saat kontroler tidak di AUTO: tidak ada yang menyalakan genset",
     "coordinator_unreachable": "Koordinator pusat menyatakan dirinya offline",
     "service_unreachable": "Layanan yang dipantau (services: di konfigurasi) tidak menjawab",
+    "nut_clients_refused": "Server NUT menolak sambungan (slot penuh, atau terlalu banyak dari satu host)",
+    "nut_password_guessing": "Sandi NUT salah berulang dari satu host: host itu dikunci sementara",
 }
 
 # key: (English, Bahasa Indonesia). Placeholders are str.format fields.

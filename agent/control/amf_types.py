@@ -86,6 +86,8 @@ ALARMS: dict[str, str] = {
     "coordinator_unreachable": "The central coordinator says it is offline (its retained status on the broker)",
     "service_unreachable": "A probed service (site config services:) does not answer; which one: state/services",
     "storage_failed": "The SD card/store cannot be written: controlling on, journal held in memory",
+    "nut_clients_refused": "The NUT server refused connections (every slot taken, or too many from one host)",
+    "nut_password_guessing": "Wrong NUT passwords from one host: that host is locked out for a while",
 }
 # Alarms that force LOCKOUT: every output off until acknowledged (and the condition gone).
 LOCKOUT_ALARMS = frozenset({"fail_to_start", "gen_failed_while_running", "e_stop"})
@@ -93,7 +95,7 @@ LOCKOUT_ALARMS = frozenset({"fail_to_start", "gen_failed_while_running", "e_stop
 # ``ExternalAlarm`` events. The controller owns their record so everything is published alike.
 EXTERNAL_ALARMS = frozenset(
     {"ups_link_lost", "watchdog_reset", "broker_unreachable", "coordinator_unreachable", "service_unreachable",
-     "storage_failed"}
+     "storage_failed", "nut_clients_refused", "nut_password_guessing"}
 )
 
 

@@ -79,21 +79,24 @@ class PasswordChecker:
     (keyed by an HMAC with a per-process random key, never the password itself) or starts the
     check on a small thread pool; sessions presenting the same credentials while it runs just
     join it. ``results()`` (on the loop, after ``wake`` was called) yields ``(ok, waiters)``.
-    At most ``max_inflight`` distinct checks run or wait: past that ``check`` says ``"busy"``.
+    At most ``max_inflight`` distinct checks run or wait, and at most ``max_per_owner`` of one
+    ``owner`` (a client address), so one host cannot take every slot: past that ``check`` says
+    ``"busy"``. Joining a check already under way is always allowed.
     ``verify`` is looked up at call time so tests can slow it down.
     """
 
     def __init__(self, wake: Callable[[], None], *, workers: int = 2, max_inflight: int = 16,
-                 cache_max: int = 256) -> None:
+                 cache_max: int = 256, max_per_owner: int | None = None) -> None:
         self._wake = wake
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siaga-nut-auth")
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._inflight: dict[bytes, list] = {}
         self._key = os.urandom(32)
         self._cache: dict[bytes, None] = {}
-        self.max_inflight, self.cache_max = max_inflight, cache_max
+        self.max_inflight, self.cache_max, self.max_per_owner = max_inflight, cache_max, max_per_owner
+        self._owner: dict[bytes, object] = {}  # in-flight check -> who started it
 
-    def check(self, user: str, password: str, stored: str, waiter: object) -> str:
+    def check(self, user: str, password: str, stored: str, waiter: object, owner: object = None) -> str:
         """``"ok"`` (known good: go on), ``"pending"`` (``waiter`` comes back from
         ``results()``) or ``"busy"`` (refuse this attempt)."""
         msg = "\0".join((user, password, stored)).encode("utf-8", "surrogatepass")
@@ -104,7 +107,11 @@ class PasswordChecker:
         if waiters is None:
             if len(self._inflight) >= self.max_inflight:
                 return "busy"
+            if self.max_per_owner is not None and owner is not None and \
+                    sum(1 for o in self._owner.values() if o == owner) >= self.max_per_owner:
+                return "busy"
             waiters = self._inflight[key] = []
+            self._owner[key] = owner
             fut = self._pool.submit(lambda: verify(password, stored))
             fut.add_done_callback(lambda f: self._finished(key, f))
         waiters.append(waiter)
@@ -124,6 +131,7 @@ class PasswordChecker:
                 if len(self._cache) >= self.cache_max:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = None
+            self._owner.pop(key, None)
             yield ok, self._inflight.pop(key, [])
 
     def close(self) -> None:

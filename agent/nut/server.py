@@ -19,14 +19,29 @@ crowd of upsmons reconnecting at once is cheap, and a password-guessing flood ca
 the loop.
 
 The server never touches the agent's state: it calls ``source()`` (cheap, lock-protected
-snapshot), ``instcmd()`` (quick, posts to the core) and ``on_event()``; the agent calls
-``set_fsd()`` from any thread.
+snapshot), ``instcmd()`` (quick: queued on the UPS link), ``on_event()`` and ``on_alarm()``;
+the agent calls ``set_fsd()`` from any thread.
 
-Limits (``NutConfig``): ``max_connections`` (more are answered ``ERR ACCESS-DENIED`` and
-closed), ``max_line_bytes`` per line including its newline (longer: ``ERR TOO-LONG`` and
-close), ``idle_timeout_s`` without a byte from the client (close). Output: a client whose
-unread replies exceed ``_OUT_PAUSE`` is not read any further; one that makes no progress for
-``_SEND_STALL_S`` or whose backlog passes ``_OUT_MAX`` is dropped.
+Limits (``NutConfig``), so that one host on the LAN cannot keep the servers from seeing FSD:
+
+* ``max_connections_per_address``: one address may hold only so many connections;
+* ``max_connections`` in all: when full, a new connection takes the place of the idlest one that
+  has not logged in (the slots of logged-in clients are never given away); only when every slot
+  is a logged-in client is the newcomer answered ``ERR ACCESS-DENIED`` and closed;
+* ``idle_timeout_s`` since the client's last *complete line* (a byte a minute keeps nothing
+  open), and ``prelogin_timeout_s`` for a connection that has not logged in or shown a good
+  password;
+* a refused connection raises the ``nut_clients_refused`` alarm (cleared after
+  ``_ALARM_CLEAR_S`` without refusals);
+* wrong passwords: after ``auth_failures_before_lockout`` from one address, that address is
+  refused without a check for ``auth_lockout_s`` (doubling each time, at most an hour) and
+  ``nut_password_guessing`` is raised; at most ``_AUTH_INFLIGHT_PER_ADDRESS`` checks of one
+  address run at once; a check refused for lack of capacity is answered ``ERR SERVER-BUSY``
+  (not a wrong password: the client just tries again).
+
+``max_line_bytes`` per line including its newline (longer: ``ERR TOO-LONG`` and close). Output:
+a client whose unread replies exceed ``_OUT_PAUSE`` is not read any further; one that makes no
+progress for ``_SEND_STALL_S`` or whose backlog passes ``_OUT_MAX`` is dropped.
 """
 
 from __future__ import annotations
@@ -54,6 +69,10 @@ _OUT_PAUSE = 64 * 1024  # stop reading a client whose unread replies exceed this
 _OUT_MAX = 1024 * 1024  # drop it outright past this (one reply is far smaller)
 _SEND_STALL_S = 10.0  # drop a client that takes none of its pending replies for this long
 _AUTH_QUEUE_MAX = 16
+_AUTH_INFLIGHT_PER_ADDRESS = 2
+_AUTH_LOCKOUT_MAX_S = 3600.0
+_ALARM_CLEAR_S = 600.0  # an alarm of this server clears after this long without a new cause
+BUSY = "SERVER-BUSY"  # not a NUT error word: clients log it and retry, as after any ERR
 _AUTH_CACHE_MAX = 256
 _SWEEP_S = 0.25
 _RATE = {"burst": 20, "refill_s": 3.0}  # per event kind, except the never-limited ones below
@@ -61,15 +80,16 @@ _NEVER_LIMITED = frozenset({"nut_fsd_by_client", "nut_instcmd"})
 
 
 class _Conn:
-    __slots__ = ("sock", "session", "inbuf", "outbuf", "last_in", "out_since", "waiting",
-                 "closing", "mask")
+    __slots__ = ("sock", "session", "inbuf", "outbuf", "connected_at", "last_in", "out_since",
+                 "waiting", "closing", "mask")
 
     def __init__(self, sock: socket.socket, session: Session, now: float) -> None:
         self.sock = sock
         self.session = session
         self.inbuf = bytearray()
         self.outbuf = bytearray()
-        self.last_in = now
+        self.connected_at = now
+        self.last_in = now  # the last complete line
         self.out_since = now  # last time the output backlog was empty or shrank
         self.waiting: list[str] | None = None  # words of a command waiting for its password check
         self.closing: str | None = None  # reason, once we only flush and close
@@ -100,7 +120,9 @@ class NutServer:
     what the UPS can do; LIST CMD shows it intersected with ``cfg.instcmds_allowed``.
     ``on_event(kind, info)``: journal hook; kinds ``nut_login``, ``nut_logout``,
     ``nut_access_denied``, ``nut_fsd_by_client``, ``nut_instcmd``, ``nut_refused``,
-    ``nut_dropped``; noisy kinds are rate-limited (``info["suppressed"]`` counts the skipped).
+    ``nut_dropped``, ``nut_auth_lockout``; noisy kinds are rate-limited (``info["suppressed"]``
+    counts the skipped). ``on_alarm(name, active, detail)``: ``nut_clients_refused`` and
+    ``nut_password_guessing`` raised and cleared.
     ``description``: the UPS description for LIST UPS / GET UPSDESC (e.g. the site's name).
 
     FSD: ``set_fsd(True)`` or a primary's ``FSD <ups>`` makes ``ups.status`` read ``FSD ...``;
@@ -114,6 +136,7 @@ class NutServer:
                  instcmd: Callable[[str, str | None], tuple[bool, str]] | None = None,
                  supported_cmds: Callable[[], list[str]] = lambda: [],
                  on_event: Callable[[str, dict], None] | None = None,
+                 on_alarm: Callable[[str, bool, str], None] | None = None,
                  description: str | None = None) -> None:
         users = {u.name: User(u.role, u.password_hash) for u in cfg.users}
         for problem in hash_problems(cfg):  # e.g. the examples' placeholder hashes
@@ -123,6 +146,9 @@ class NutServer:
         self._instcmd = instcmd
         self._supported = supported_cmds
         self._on_event = on_event
+        self._on_alarm = on_alarm
+        self._alarms: dict[str, float] = {}  # active alarm -> last time its cause was seen
+        self._auth_fail: dict[str, list[float]] = {}  # address -> [failures, locked_until, lockouts, last]
         self._responder = Responder(cfg.ups_name, description or DEFAULT_DESCRIPTION, users,
                                     cfg.instcmds_allowed, self)
         self._fsd: tuple[bool, str | None] = (False, None)
@@ -160,7 +186,8 @@ class NutServer:
             self._sel.register(s, selectors.EVENT_READ, "listen")
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._checker = nut_auth.PasswordChecker(self._wake, max_inflight=_AUTH_QUEUE_MAX,
-                                                 cache_max=_AUTH_CACHE_MAX)
+                                                 cache_max=_AUTH_CACHE_MAX,
+                                                 max_per_owner=_AUTH_INFLIGHT_PER_ADDRESS)
         self._thread = threading.Thread(target=self._run, name="siaga-nut", daemon=True)
         self._thread.start()
         log.info("NUT server listening on %s", ", ".join(_fmt(h, p) for h, p in self._ports))
@@ -343,15 +370,18 @@ class NutServer:
             except OSError as e:  # EMFILE and friends: log, keep serving the others
                 log.warning("NUT accept failed: %s", e)
                 return
-            if len(self._conns) >= self.cfg.max_connections:
+            why = self._admit(addr[0])
+            if why is not None:
                 try:
                     sock.setblocking(False)
                     sock.send(f"ERR {ACCESS_DENIED}\n".encode())
                 except OSError:
                     pass
                 sock.close()
-                self.event("nut_refused", {"address": addr[0], "reason": "max_connections",
-                                           "limit": self.cfg.max_connections})
+                limit = (self.cfg.max_connections_per_address if why == "max_connections_per_address"
+                         else self.cfg.max_connections)
+                self.event("nut_refused", {"address": addr[0], "reason": why, "limit": limit})
+                self._alarm("nut_clients_refused", f"connections refused ({why} {limit}), last from {addr[0]}")
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -359,6 +389,41 @@ class NutServer:
             with self._lock:
                 self._conns[id(conn)] = conn
             self._set_mask(conn)
+
+    def _admit(self, address: str) -> str | None:
+        """None to accept a connection from ``address`` (making room if needed), else why not."""
+        mine = sum(1 for c in self._conns.values() if c.session.address == address)
+        if mine >= self.cfg.max_connections_per_address:
+            return "max_connections_per_address"
+        if len(self._conns) < self.cfg.max_connections:
+            return None
+        idle = [c for c in self._conns.values()
+                if c.session.login_ups is None and not c.session.auth_ok and c.waiting is None]
+        if not idle:
+            return "max_connections"
+        victim = min(idle, key=lambda c: c.last_in)
+        self._close(victim, "evicted")
+        self.event("nut_dropped", {"address": victim.session.address, "user": victim.session.username,
+                                   "reason": "evicted: every slot was taken"})
+        return None
+
+    def _alarm(self, name: str, detail: str) -> None:
+        if name not in self._alarms and self._on_alarm is not None:
+            try:
+                self._on_alarm(name, True, detail)
+            except Exception:
+                log.exception("on_alarm(%s) failed", name)
+        self._alarms[name] = time.monotonic()
+
+    def _clear_alarms(self, now: float) -> None:
+        for name, last in list(self._alarms.items()):
+            if now - last >= _ALARM_CLEAR_S:
+                del self._alarms[name]
+                if self._on_alarm is not None:
+                    try:
+                        self._on_alarm(name, False, "")
+                    except Exception:
+                        log.exception("on_alarm(%s) failed", name)
 
     def _set_mask(self, conn: _Conn) -> None:
         want = 0
@@ -402,7 +467,6 @@ class NutServer:
         if not data:
             self._close(conn, "closed")
             return
-        conn.last_in = time.monotonic()
         conn.inbuf += data
         self._process(conn)
 
@@ -418,6 +482,7 @@ class NutServer:
                 break
             line = bytes(conn.inbuf[:i])
             del conn.inbuf[:i + 1]
+            conn.last_in = time.monotonic()
             try:
                 words = parse_line(line)
             except LineError as e:
@@ -469,26 +534,56 @@ class NutServer:
             self._process(conn)  # lines queued while the client was paused
 
     def _sweep(self, now: float) -> None:
-        idle = self.cfg.idle_timeout_s
+        idle, prelogin = self.cfg.idle_timeout_s, self.cfg.prelogin_timeout_s
         for conn in list(self._conns.values()):
+            s = conn.session
             if conn.outbuf and now - conn.out_since > _SEND_STALL_S:
                 self._close(conn, "slow_reader")
             elif now - conn.last_in > idle:
                 self._close(conn, "idle")
+            elif (s.login_ups is None and not s.auth_ok and conn.waiting is None
+                  and now - conn.connected_at > prelogin):
+                self._close(conn, "prelogin_timeout")
+        self._clear_alarms(now)
 
     # --- password checks -------------------------------------------------------------------
     def _check_password(self, conn: _Conn, words: list[str]) -> None:
         s = conn.session
         assert self._checker is not None
-        verdict = self._checker.check(s.username or "", *self._responder.credentials(s), conn)
+        fails = self._auth_fail.get(s.address)
+        if fails is not None and fails[1] > time.monotonic():  # locked out: no check at all
+            self.event("nut_access_denied", {"user": s.username, "address": s.address,
+                                             "command": words[0].upper(), "reason": "address locked out"})
+            self._send(conn, err(ACCESS_DENIED))
+            return
+        verdict = self._checker.check(s.username or "", *self._responder.credentials(s), conn, owner=s.address)
         if verdict == "ok":
             s.auth_ok = True
             self._dispatch(conn, words)
         elif verdict == "busy":
-            self._send(conn, err(ACCESS_DENIED))  # this command fails; a retry may not
+            self._send(conn, err(BUSY))  # this command fails; a retry may not
         else:
             conn.waiting = words
             self._set_mask(conn)
+
+    def _auth_result(self, address: str, ok: bool) -> None:
+        """Count wrong passwords per address; lock an address out after too many."""
+        now = time.monotonic()
+        if ok:
+            self._auth_fail.pop(address, None)
+            return
+        f = self._auth_fail.setdefault(address, [0, 0.0, 0, now])
+        f[0], f[3] = f[0] + 1, now
+        if f[0] >= self.cfg.auth_failures_before_lockout:
+            f[2] += 1
+            lock_s = min(_AUTH_LOCKOUT_MAX_S, self.cfg.auth_lockout_s * 2 ** (f[2] - 1))
+            f[0], f[1] = 0, now + lock_s
+            self.event("nut_auth_lockout", {"address": address, "lockout_s": lock_s, "lockouts": int(f[2])})
+            self._alarm("nut_password_guessing", f"{address} locked out for {lock_s:.0f} s after wrong passwords")
+        if len(self._auth_fail) > 4096:  # a bounded table, oldest entries first
+            for key in sorted(self._auth_fail, key=lambda k: self._auth_fail[k][3])[:1024]:
+                if self._auth_fail[key][1] <= now:
+                    del self._auth_fail[key]
 
     def _drain_wake(self) -> None:
         try:
@@ -502,6 +597,7 @@ class NutServer:
                 if id(conn) not in self._conns:
                     continue  # gone while we checked
                 conn.session.auth_ok = ok
+                self._auth_result(conn.session.address, ok)
                 words, conn.waiting = conn.waiting, None
                 if words is not None:
                     self._dispatch(conn, words)

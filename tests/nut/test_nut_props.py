@@ -32,7 +32,7 @@ def server():
     fast = nut_auth.pbkdf2_hash("monpass", iterations=1000)  # cheap checks: many examples
     cfg = NutConfig(users=[NutUser(name="mon", password_hash=fast, role="primary")],
                     instcmds_allowed=["beeper.toggle"], max_line_bytes=MAX_LINE,
-                    max_connections=500).model_copy(update={"port": 0})
+                    max_connections=500, max_connections_per_address=500).model_copy(update={"port": 0})
     srv = NutServer(cfg, lambda: NutData(dict(VARS), False), instcmd=lambda c, v: (True, ""),
                     supported_cmds=lambda: ["beeper.toggle"])
     srv.start()

@@ -137,6 +137,7 @@ def rig():
         server = NutServer(make_cfg(**kw), src, instcmd=instcmd,
                            supported_cmds=lambda: list(SUPPORTED),
                            on_event=lambda k, i: events.append((k, i)),
+                           on_alarm=lambda n, a, d: events.append(("alarm", {"name": n, "active": a})),
                            description='Server room "A" UPS')
         server.start()
         r = Rig(server, src, events, calls)
@@ -476,18 +477,115 @@ def test_line_length_cap(rig):
     assert r.client().cmd("NETVER") == ["1.3"]
 
 
-def test_connection_cap_refuses_politely_and_serves_the_others(rig):
+def test_a_full_server_gives_the_idlest_unlogged_slot_to_a_newcomer(rig):
+    """Every slot taken by connections that never logged in (a LAN host squatting them): a new
+    client still gets in, in the place of the idlest squatter, and can log in."""
     r = rig(max_connections=3)
-    cs = [r.client() for _ in range(3)]
-    for c in cs:
+    squat = [r.client() for _ in range(3)]
+    for c in squat:
         assert c.cmd("NETVER") == ["1.3"]
+    assert squat[1].cmd("NETVER") == ["1.3"] and squat[2].cmd("NETVER") == ["1.3"]  # squat[0] idlest
+    newcomer = r.client()
+    newcomer.login("sec")
+    assert squat[0].at_eof()
+    assert squat[1].cmd("GET VAR ups battery.charge") == ['VAR ups battery.charge "41"']
+    assert any(k == "nut_dropped" and "evicted" in i["reason"] for k, i in r.events)
+
+
+def test_logged_in_slots_are_never_given_away_and_a_refusal_raises_an_alarm(rig):
+    r = rig(max_connections=2)
+    cs = [r.client() for _ in range(2)]
+    for c, u in zip(cs, ("mon", "sec")):
+        c.login(u)
     extra = r.client()
     assert extra.reply() == ["ERR ACCESS-DENIED"] and extra.at_eof()
     assert cs[0].cmd("GET VAR ups battery.charge") == ['VAR ups battery.charge "41"']
-    assert ("nut_refused", {"address": "127.0.0.1", "reason": "max_connections", "limit": 3}) in r.events
+    assert ("nut_refused", {"address": "127.0.0.1", "reason": "max_connections", "limit": 2}) in r.events
+    assert ("alarm", {"name": "nut_clients_refused", "active": True}) in r.events
     cs[1].close()
-    wait_until(lambda: len(r.server.clients()) == 2, what="the close to be seen")
+    wait_until(lambda: len(r.server.clients()) == 1, what="the close to be seen")
     assert r.client().cmd("NETVER") == ["1.3"]
+
+
+def test_one_address_cannot_take_every_slot(rig):
+    r = rig(max_connections=10, max_connections_per_address=2)
+    a, b = r.client(), r.client()
+    assert a.cmd("NETVER") == ["1.3"] and b.cmd("NETVER") == ["1.3"]
+    third = r.client()
+    assert third.reply() == ["ERR ACCESS-DENIED"] and third.at_eof()
+    assert ("nut_refused", {"address": "127.0.0.1", "reason": "max_connections_per_address",
+                            "limit": 2}) in r.events
+
+
+def test_a_trickle_of_bytes_does_not_keep_a_connection_open(rig):
+    """Idle time counts from the last complete line: one byte at a time keeps nothing open."""
+    r = rig(idle_timeout_s=1.0)
+    c = r.client()
+    end = time.monotonic() + 30
+    closed = False
+    while time.monotonic() < end and not closed:
+        try:
+            c.send(b"N")
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.2)  # the attacker's rhythm, well inside the idle timeout
+        closed = not r.server.clients()
+    assert closed, "a trickling client kept its connection"
+
+
+def test_a_connection_that_never_logs_in_is_closed_after_the_prelogin_timeout(rig):
+    r = rig(prelogin_timeout_s=1.0, idle_timeout_s=60)
+    anon, member = r.client(), r.client()
+    member.login("sec")
+    end = time.monotonic() + 30
+    while time.monotonic() < end and len(r.server.clients()) > 1:
+        assert anon.cmd("NETVER") in (["1.3"], [""])  # busy, but never logs in
+        assert member.cmd("NETVER") == ["1.3"]
+        time.sleep(0.1)
+    assert [c["username"] for c in r.server.clients()] == ["sec"]
+
+
+def test_wrong_passwords_lock_the_address_out_with_a_growing_time_and_an_alarm(rig):
+    r = rig(auth_failures_before_lockout=3, auth_lockout_s=1.0)
+    for _ in range(3):
+        c = r.client()
+        assert c.cmd("USERNAME mon") == ["OK"] and c.cmd("PASSWORD guess") == ["OK"]
+        assert c.cmd("LOGIN ups") == ["ERR ACCESS-DENIED"]
+        c.close()
+    lock = [i for k, i in r.events if k == "nut_auth_lockout"]
+    assert lock and lock[0]["lockout_s"] == 1.0
+    assert ("alarm", {"name": "nut_password_guessing", "active": True}) in r.events
+    c = r.client()  # even the right password is refused, without a check, while locked out
+    assert c.cmd("USERNAME mon") == ["OK"] and c.cmd("PASSWORD monpass") == ["OK"]
+    assert c.cmd("LOGIN ups") == ["ERR ACCESS-DENIED"]
+    assert any(k == "nut_access_denied" and i.get("reason") == "address locked out" for k, i in r.events)
+    end = time.monotonic() + 30
+    while True:  # after the lockout the right password works again
+        c = r.client()
+        c.cmd("USERNAME mon")
+        c.cmd("PASSWORD monpass")
+        if c.cmd("LOGIN ups") == ["OK"]:
+            break
+        assert time.monotonic() < end, "the lockout never ended"
+        time.sleep(0.2)
+    def fail_until_locked(n: int) -> None:
+        end = time.monotonic() + 30
+        while len([k for k, _ in r.events if k == "nut_auth_lockout"]) < n:
+            assert time.monotonic() < end, f"lockout {n} never came"
+            c = r.client()
+            try:
+                c.cmd("USERNAME mon")
+                c.cmd("PASSWORD wrong")
+                c.cmd("LOGIN ups")
+            except OSError:
+                pass  # refused at once (locked out, or this address's slots still closing)
+            c.close()
+            time.sleep(0.05)  # the guesser's pace
+
+    fail_until_locked(2)  # the good login reset the count: a fresh 1 s lockout
+    fail_until_locked(3)  # no success in between: twice as long
+    assert [i["lockout_s"] for k, i in r.events if k == "nut_auth_lockout"] == [1.0, 1.0, 2.0]
 
 
 def test_idle_clients_are_closed(rig):
@@ -532,7 +630,7 @@ def test_a_client_that_never_reads_does_not_stall_the_others(rig, monkeypatch):
 
 
 def test_many_clients_at_once(rig):
-    r = rig(max_connections=200)
+    r = rig(max_connections=200, max_connections_per_address=200)  # 150 hosts, as if
     cs = [r.client() for _ in range(150)]
     for i, c in enumerate(cs):
         c.send(b"GET VAR ups battery.charge\n")
@@ -606,7 +704,7 @@ def test_stop_closes_everyone_and_reports_logouts(rig):
 def test_noisy_events_are_rate_limited(rig):
     r = rig(max_connections=1)
     keep = r.client()
-    assert keep.cmd("NETVER") == ["1.3"]
+    keep.login("sec")  # a logged-in slot is never given away: every newcomer is refused
     for _ in range(30):
         s = socket.create_connection(("127.0.0.1", r.port))
         s.recv(100)
@@ -644,7 +742,7 @@ def test_a_crowd_logging_in_at_once_shares_one_password_check(rig, monkeypatch):
         return real(pw, h)
 
     monkeypatch.setattr(nut_auth, "verify", counting)
-    r = rig(max_connections=100)
+    r = rig(max_connections=100, max_connections_per_address=100)
     crowd = [r.client() for _ in range(40)]  # more than _AUTH_QUEUE_MAX
     for c in crowd:
         c.send(b"USERNAME sec\nPASSWORD secpass\nLOGIN ups\n")
