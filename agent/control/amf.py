@@ -436,7 +436,7 @@ class Controller:
                 return False, "mains is not present: the generator starts by itself if needed"
             try:
                 duration = float(args.get("duration_s", self.s.exercise.duration_s))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # 10**400 from JSON: no float
                 return False, "duration_s must be a number of seconds"
             if not 60.0 <= duration <= 4 * HOUR_S:
                 return False, "duration_s must be between 60 and 14400"

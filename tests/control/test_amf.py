@@ -869,7 +869,8 @@ def test_test_start_with_warm_up_longer_than_the_test():
 def test_test_start_refusals():
     sim = outage_sim()
     for args, why in [({"duration_s": 10}, "between 60"), ({"duration_s": "x"}, "number"),
-                      ({"duration_s": None}, "number")]:
+                      ({"duration_s": None}, "number"), ({"duration_s": 10**400}, "number"),
+                      ({"duration_s": float("nan")}, "between 60")]:
         r = sim.cmd("test_start", **args)
         assert not r.ok and why in r.message, r
     sim.cmd("set_mode", mode="MANUAL")
