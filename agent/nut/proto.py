@@ -197,6 +197,7 @@ class Session:
     primary: bool = False
     tracking: bool = False
     tracked: dict[str, str] = field(default_factory=dict)
+    requests: int = 0  # lines answered; shown by clients() so an operator sees who polls
 
 
 class Host(Protocol):
@@ -257,6 +258,7 @@ class Responder:
     # --- entry point -------------------------------------------------------------------
     def handle(self, s: Session, words: list[str]) -> Reply:
         """The reply to one parsed line. Raises NeedAuth (see there)."""
+        s.requests += 1
         if not words:
             return err(UNKNOWN_COMMAND)
         name = words[0].upper()

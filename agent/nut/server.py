@@ -219,12 +219,13 @@ class NutServer:
 
     def clients(self) -> list[dict]:
         """One dict per connection: address, username, logged_in, primary, connected_since
-        (epoch seconds)."""
+        (epoch seconds), requests (lines answered so far)."""
         with self._lock:
             sessions = [c.session for c in self._conns.values()]
         return [{"address": s.address, "username": s.username,
                  "logged_in": s.login_ups is not None, "primary": s.primary,
-                 "connected_since": s.connected_since} for s in sessions]
+                 "connected_since": s.connected_since, "requests": s.requests}
+                for s in sessions]
 
     # --- nut_proto.Host (server thread) ---------------------------------------------------
     def data(self) -> NutData:

@@ -61,7 +61,7 @@ class Client:
     """A raw NUT client socket: ``cmd(line)`` sends one line and returns the reply lines (a
     whole BEGIN LIST ... END LIST block counts as one reply)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.f = self.sock.makefile("rb")
 
@@ -151,7 +151,16 @@ def rig():
         r.server.stop()
 
 
-def wait_until(pred, timeout: float = 5.0, what: str = "condition") -> None:
+def wait_polled(server, user: str, more: int, timeout: float = 30.0) -> None:
+    """Until ``user``'s session answered ``more`` further lines (a poll is several lines): the
+    way to say "some polls passed and nothing happened" without sleeping a fixed time."""
+    def count() -> int:
+        return sum(c["requests"] for c in server.clients() if c["username"] == user)
+    start = count()
+    wait_until(lambda: count() >= start + more, timeout, f"{more} more requests from {user}")
+
+
+def wait_until(pred, timeout: float = 30.0, what: str = "condition") -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
@@ -232,7 +241,8 @@ def test_real_upsmon_primary_and_secondary_shut_down_on_fsd(rig):
         wait_until(lambda: r.server.numlogins() == 2, 15, "both upsmons to log in")
         assert {(c["username"], c["logged_in"], c["primary"]) for c in r.server.clients()} == {
             ("mon", True, True), ("sec", True, False)}
-        time.sleep(2.5)  # on line: nothing happens
+        wait_polled(r.server, "mon", 6)  # a few polls on line: nothing happens
+        wait_polled(r.server, "sec", 6)
         assert not prim.shut_down and not sec.shut_down
         t0 = time.time()
         r.server.set_fsd(True)
@@ -240,11 +250,12 @@ def test_real_upsmon_primary_and_secondary_shut_down_on_fsd(rig):
         t_prim = prim.wait_shutdown(timeout=15)
         # the secondary goes first; the primary waits for it to log out (NUMLOGINS <= 1)
         assert t0 < t_sec <= t_prim < t0 + 10
-        assert "FSD" in sec.notifications() and "SHUTDOWN" in prim.notifications()
+        sec.wait_notified("FSD")
+        prim.wait_notified("SHUTDOWN")
     fsd = [i for k, i in r.events if k == "nut_fsd_by_client"]
     assert fsd and fsd[0]["user"] == "mon" and fsd[0].get("already")  # the primary echoes FSD
     assert r.kinds().count("nut_login") == 2
-    wait_until(lambda: r.server.numlogins() == 0, 5, "logouts")
+    wait_until(lambda: r.server.numlogins() == 0, 30, "logouts")
 
 
 def test_fsd_for_only_one_user_shuts_down_only_that_client(rig):
@@ -256,7 +267,7 @@ def test_fsd_for_only_one_user_shuts_down_only_that_client(rig):
         wait_until(lambda: r.server.numlogins() == 2, 15, "both upsmons to log in")
         r.server.set_fsd(True, only_user="testclient")
         test.wait_shutdown(timeout=15)  # a primary: waits HOSTSYNC (1 s) for `sec`, then goes
-        time.sleep(3)  # three more polls of the other one
+        wait_polled(r.server, "sec", 6)  # a few more polls of the other one
         assert not other.shut_down, other.log()[-2000:]
         assert "FSD" not in other.notifications()
         assert run_upsc("127.0.0.1", r.port, "ups", "ups.status").stdout.strip() == "OL"
@@ -309,6 +320,16 @@ REF_SESSIONS = [
 ]
 
 
+def wait_logged_out(port: int) -> None:
+    """Until the server at ``port`` (ours or upsd) reports no logins, asked as an anonymous
+    client would."""
+    probe = Client(port)
+    try:
+        wait_until(lambda: probe.cmd("GET NUMLOGINS ups") == ["NUMLOGINS ups 0"], what="logouts")
+    finally:
+        probe.close()
+
+
 def run_sessions(port: int) -> list[list[list[str]]]:
     out = []
     for lines in REF_SESSIONS:
@@ -316,7 +337,7 @@ def run_sessions(port: int) -> list[list[list[str]]]:
         got = [c.cmd(line) for line in lines]
         assert c.at_eof()  # LOGOUT closes
         c.close()
-        time.sleep(0.05)  # let the server see the close before the next session counts logins
+        wait_logged_out(port)  # the next session counts logins: this one's must be gone
         out.append(got)
     return out
 

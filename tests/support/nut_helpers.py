@@ -372,6 +372,11 @@ class Upsmon:
         """Until upsmon logged into the UPS (its debug log says ``Logged into UPS``)."""
         self._wait("login", lambda: "Logged into UPS" in self.log(), timeout)
 
+    def wait_notified(self, kind: str, timeout: float = 15.0) -> None:
+        """Until NOTIFYCMD logged ``kind``. upsmon forks NOTIFYCMD and SHUTDOWNCMD separately, so
+        the SHUTDOWN notification may land after the shutdown marker: wait, never read once."""
+        self._wait(f"NOTIFY {kind}", lambda: kind in self.notifications(), timeout)
+
     def wait_shutdown(self, timeout: float = 20.0) -> float:
         """Until SHUTDOWNCMD ran; returns its wall-clock timestamp (from the marker)."""
         self._wait("SHUTDOWNCMD", lambda: self.marker.exists() and self.marker.read_text().strip() != "",
