@@ -5,11 +5,12 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-# System packages the test suite needs (Debian names), and the programs the tests run from them:
+# System packages the test suite and bench/ need (Debian names; mosquitto-clients: mosquitto_sub
+# for bench/bench_central_ingest.py), and the programs they run from them:
 # each program is checked after installing, so a missing one stops here, loudly.
-APT_PACKAGES=(nut-server nut-client mosquitto postgresql ${SIAGA_APT_PACKAGES:-})
+APT_PACKAGES=(nut-server nut-client mosquitto mosquitto-clients postgresql ${SIAGA_APT_PACKAGES:-})
 REQUIRED_PROGRAMS=(/lib/nut/nutdrv_qx /lib/nut/upsd /bin/upsc /bin/upscmd
-                   /usr/sbin/mosquitto /usr/bin/mosquitto_passwd
+                   /usr/sbin/mosquitto /usr/bin/mosquitto_passwd /usr/bin/mosquitto_sub
                    /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl)
 
 apt_install() {
