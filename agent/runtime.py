@@ -21,7 +21,7 @@ from agent.console import service as console
 from agent.ctl import CtlServer
 from agent.mqtt.link import start_mqtt
 from agent.nut.server import NutServer
-from agent.nut.shutdown import STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
+from agent.nut.shutdown import CLIENTS_KEY as NUT_CLIENTS_KEY, STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
 from agent.pins import CRANK_CUTOFF_S, Pins, make_pin_factory
 from agent.probes import ProbeRunner
 from agent.sim.ups_sim import UpsSimulator
@@ -181,7 +181,9 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     # Before boot: a controller that resumes in FSD says so at boot, and the sequencer must hear it.
     seq = ShutdownSequencer(cfg.shutdown, None, None, journal=lambda name, detail: core.post(Record(name, detail)),
                             save=lambda d: core.post(Call(lambda c: c.store.set_meta(SHUTDOWN_STATE_KEY, d))),
-                            saved=_meta(store, SHUTDOWN_STATE_KEY))
+                            saved=_meta(store, SHUTDOWN_STATE_KEY),
+                            save_clients=lambda d: core.post(Call(lambda c: c.store.set_meta(NUT_CLIENTS_KEY, d))),
+                            known_clients=_meta(store, NUT_CLIENTS_KEY))
     core.sinks.append(lambda records, fx: [seq.request(e.active, e.reason) for e in fx if isinstance(e, amf_types.FsdRequest)])
     core.boot(extra)
     if watchdog:

@@ -165,6 +165,7 @@ class NutServer:
         self._checker: nut_auth.PasswordChecker | None = None
         self._buckets: dict[str, list[float]] = {}  # kind -> [tokens, last, suppressed]
         self._source_failing = False
+        self._left: dict[str, str] = {}  # "user@address" -> why its last logged-in session ended
 
     # --- public API (any thread) ----------------------------------------------------------
     def start(self) -> None:
@@ -226,6 +227,11 @@ class NutServer:
                  "logged_in": s.login_ups is not None, "primary": s.primary,
                  "connected_since": s.connected_since, "requests": s.requests}
                 for s in sessions]
+
+    def logout_reason(self, key: str) -> str | None:
+        """Why the last logged-in session of ``key`` (``user@address``) ended: ``logout`` (the
+        client sent LOGOUT), ``closed``, ``idle``, ``error``, ... or None when none has."""
+        return self._left.get(key)
 
     # --- nut_proto.Host (server thread) ---------------------------------------------------
     def data(self) -> NutData:
@@ -448,9 +454,16 @@ class NutServer:
         if conn.mask and self._sel is not None:
             self._sel.unregister(conn.sock)
             conn.mask = 0
+        s = conn.session
+        if s.login_ups is not None:  # before it leaves clients(): whoever sees it gone sees why
+            key = f"{s.username or '-'}@{s.address}"
+            self._left.pop(key, None)
+            self._left[key] = reason
+            if len(self._left) > 1024:  # bounded: the oldest first
+                del self._left[next(iter(self._left))]
         with self._lock:
             self._conns.pop(id(conn), None)
-        s = conn.session  # report first: once the client sees EOF, the journal has it
+        # report first: once the client sees EOF, the journal has it
         if reason in ("line_too_long", "slow_reader"):
             self.event("nut_dropped", {"address": s.address, "user": s.username, "reason": reason})
         if s.login_ups is not None:

@@ -7,7 +7,12 @@ battery); this module carries it out, as NUT's primary ``upsmon`` does on a stoc
 1. FSD is set on the NUT server: every client sees ``FSD`` in ``ups.status`` and shuts its
    machine down (secondaries at once, the primary after its HOSTSYNC wait).
 2. Wait until no client is logged in (``GET NUMLOGINS`` semantics: a halting machine's upsmon
-   logs out), or ``shutdown.max_client_wait_s``, whichever comes first.
+   exits and its connection closes), or ``shutdown.max_client_wait_s``, whichever comes first.
+   "Nobody logged in" is not "all gone" while clients the agent knew before it restarted have not
+   come back: the known clients (``user@address`` seen logged in; forgotten on a ``LOGOUT``, which
+   upsmon sends only when it is stopped, or after ``KNOWN_CLIENT_FORGET_S`` unseen) are kept in
+   the store, and a restarted agent waits the full client wait for the missing ones (a LAN host
+   holding every slot once kept them out and the UPS was cut under running servers).
 3. If ``shutdown.ups_shutdown_with_return``: send the UPS ``shutdown.return``. The UPS cuts its
    output after ``ups_off_delay_s`` and restores it when mains is back (plus
    ``ups_return_delay_s``), which powers the servers up again. It is sent even if mains came back
@@ -43,14 +48,24 @@ UPS_RETRY_S = 5.0
 CLIENT_GRACE_S = 30.0  # with nobody logged in at FSD, wait this long for upsmons that reconnect
 UPS_RESULT_TIMEOUT_S = 20.0  # the link reports a queued command sent or dropped within ~10 s
 STATE_KEY = "shutdown_sequence"  # store meta: {"ups_commanded": true} while an FSD is on
+CLIENTS_KEY = "nut_known_clients"  # store meta: {"user@address": last seen (epoch s)}
+KNOWN_CLIENT_FORGET_S = 14 * 86400.0  # a known client unseen this long is forgotten
+KNOWN_CLIENTS_MAX = 256
+_SEEN_SAVE_S = 3600.0  # "last seen" is saved at most this often while the set is unchanged
 
 
 class ShutdownSequencer:
     def __init__(self, cfg: ShutdownConfig, nut, ups, journal: Callable[[str, dict], None], *,
                  save: Callable[[dict], None] = lambda d: None, saved: dict | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 save_clients: Callable[[dict], None] = lambda d: None, known_clients: dict | None = None,
+                 monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self.cfg, self.nut, self.ups, self.journal, self.save = cfg, nut, ups, journal, save
-        self.monotonic = monotonic
+        self.monotonic, self.wall, self.save_clients = monotonic, wall, save_clients
+        # Known NUT clients (key -> last seen, epoch s) and those of them not back since this start.
+        self.known: dict[str, float] = _known(known_clients, wall())
+        self.expected: set[str] = set(self.known)
+        self._present: set[str] = set()
+        self._known_saved = 0.0
         self.phase = "idle"  # idle | waiting_clients | commanding_ups | ups_pending | done | test
         self.reason = ""
         self.since = 0.0
@@ -107,13 +122,15 @@ class ShutdownSequencer:
         return {"phase": self.phase, "reason": self.reason, "since_s": round(now - self.since, 1) if self.phase != "idle" else None,
                 "wait_left_s": round(max(0.0, self.deadline - now), 1) if self.phase in ("waiting_clients", "test") else None,
                 "test_client": self.test_user, "ups_commanded": self.ups_commanded,
-                "clients": self._clients()}
+                "clients": self._clients(), "not_back_since_restart": sorted(self.expected)}
 
     def dry_run(self) -> str:
         """What an FSD now would do, step by step; changes nothing."""
         clients = self._clients()
         lines = [f"1. FSD to {len(clients)} logged-in NUT client(s): " + (", ".join(clients) or "none"),
-                 f"2. wait until they have all logged out, at most {self.cfg.max_client_wait_s:.0f} s"]
+                 f"2. wait until they have all logged out, at most {self.cfg.max_client_wait_s:.0f} s"
+                 + (f" (the whole wait: not back since the restart: {', '.join(sorted(self.expected))})"
+                    if self.expected else "")]
         if not self.cfg.ups_shutdown_with_return:
             lines.append("3. no UPS command (shutdown.ups_shutdown_with_return is false): the UPS runs until flat")
         elif self.ups is None:
@@ -149,7 +166,8 @@ class ShutdownSequencer:
         out, a retry): for a driver in simulated time (``siaga simulate``), which steps it there
         and after every change, instead of every ``STEP_S``."""
         if self.phase == "waiting_clients":
-            grace = self.since + min(CLIENT_GRACE_S, self.cfg.max_client_wait_s) if self.logins_at_fsd == 0 else None
+            grace = (self.since + min(CLIENT_GRACE_S, self.cfg.max_client_wait_s)
+                     if self.logins_at_fsd == 0 and not self.expected else None)
             return min(t for t in (self.deadline, grace) if t is not None)
         if self.phase == "commanding_ups":
             return self.next_try
@@ -160,17 +178,19 @@ class ShutdownSequencer:
     def step(self, now: float) -> None:
         while not self._inbox.empty():
             self._handle(*self._inbox.get_nowait(), now)
+        self._track_clients()
         if self.phase == "waiting_clients":
             # Nobody logged in yet may mean upsmons still reconnecting (after an agent restart, a
-            # network blip): then wait a grace period before taking "no clients" for "all gone".
-            gone = self.nut is not None and self.nut.numlogins() == 0 and (
+            # network blip): then wait a grace period before taking "no clients" for "all gone",
+            # and the whole wait while clients known before the restart have not come back.
+            gone = self.nut is not None and self.nut.numlogins() == 0 and not self.expected and (
                 self.logins_at_fsd > 0 or now - self.since >= min(CLIENT_GRACE_S, self.cfg.max_client_wait_s))
             if gone:
                 self._note("shutdown_clients_gone", waited_s=round(now - self.since, 1))
                 self._go("commanding_ups", now)
             elif now >= self.deadline:
                 self._note("shutdown_client_wait_expired", waited_s=round(now - self.since, 1),
-                           still_logged_in=self._clients())
+                           still_logged_in=self._clients(), never_came_back=sorted(self.expected))
                 self._go("commanding_ups", now)
         if self.phase == "commanding_ups" and now >= self.next_try:
             self._command_ups(now)
@@ -232,8 +252,11 @@ class ShutdownSequencer:
     def _raise(self, now: float) -> None:
         self._show_fsd(True)
         self.logins_at_fsd = self.nut.numlogins() if self.nut is not None else 0
-        self._note("shutdown_fsd_raised", reason=self.reason, clients=self._clients(),
-                   max_wait_s=self.cfg.max_client_wait_s)
+        detail: dict[str, Any] = {"reason": self.reason, "clients": self._clients(),
+                                  "max_wait_s": self.cfg.max_client_wait_s}
+        if self.expected:
+            detail["not_back_since_restart"] = sorted(self.expected)
+        self._note("shutdown_fsd_raised", **detail)
         self._go("waiting_clients", now)
         self.deadline = now + self.cfg.max_client_wait_s
 
@@ -313,6 +336,39 @@ class ShutdownSequencer:
     def _go(self, phase: str, now: float) -> None:
         self.phase, self.since, self.next_try, self.failures = phase, now, 0.0, 0
 
+    def _track_clients(self) -> None:
+        """Keep the known clients: every ``user@address`` logged in; one that left with
+        ``LOGOUT`` (upsmon stopped on purpose) is forgotten, one whose connection dropped (a
+        halting machine, the agent restarting, the network) is kept. Saved on every change."""
+        if self.nut is None:
+            return
+        now_wall = self.wall()
+        present = set(self._clients())
+        changed = bool(present - set(self.known))
+        for key in self._present - present:
+            reason = self.nut.logout_reason(key)
+            if reason == "logout" and key in self.known:
+                del self.known[key]
+                changed = True
+        for key in present:
+            self.known[key] = now_wall
+        back = self.expected & present
+        if back:
+            self.expected -= back
+        for key, seen in list(self.known.items()):
+            if now_wall - seen > KNOWN_CLIENT_FORGET_S and key not in present:
+                del self.known[key]
+                self.expected.discard(key)
+                changed = True
+        if len(self.known) > KNOWN_CLIENTS_MAX:
+            for key in sorted(self.known, key=self.known.__getitem__)[:len(self.known) - KNOWN_CLIENTS_MAX]:
+                del self.known[key]
+                self.expected.discard(key)
+        self._present = present
+        if changed or (present and now_wall - self._known_saved >= _SEEN_SAVE_S):
+            self._known_saved = now_wall
+            self.save_clients(dict(self.known))
+
     def _users(self) -> set[str]:
         return {c.get("username") for c in self.nut.clients() if c.get("logged_in")} if self.nut else set()
 
@@ -324,6 +380,15 @@ class ShutdownSequencer:
     def _note(self, name: str, **detail: Any) -> None:
         log.info("%s %s", name, detail)
         self.journal(name, detail)
+
+
+def _known(saved: dict | None, now_wall: float) -> dict[str, float]:
+    """The stored known clients, as far as they are well formed and not past forgetting."""
+    out: dict[str, float] = {}
+    for key, seen in (saved or {}).items() if isinstance(saved, dict) else ():
+        if isinstance(key, str) and isinstance(seen, (int, float)) and now_wall - seen <= KNOWN_CLIENT_FORGET_S:
+            out[key] = float(seen)
+    return out
 
 
 def nut_data(link, sequencer: ShutdownSequencer | None):

@@ -53,6 +53,9 @@ class SimNut:
     def clients(self) -> list[dict[str, Any]]:
         return [dict(CLIENT)] if self.numlogins() else []
 
+    def logout_reason(self, key: str) -> str | None:
+        return None  # the servers' upsmon never logs out on purpose here
+
     def set_fsd(self, active: bool, only_user: str | None = None) -> None:
         self.fsd = bool(active)
         if only_user is None or only_user == CLIENT["username"]:

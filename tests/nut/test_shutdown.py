@@ -49,13 +49,14 @@ class Client:
 
 
 class Rig:
-    def __init__(self, shutdown: dict | None = None, saved: dict | None = None) -> None:
+    def __init__(self, shutdown: dict | None = None, saved: dict | None = None, known: dict | None = None) -> None:
         self.plant = Plant()
         self.t = 0.0
         self.sim = UpsSimulator(self.plant.ups_reading, protocol="megatec",
                                 on_command=plant_command_handler(self.plant, lambda: self.plant.t))
         self.journal: list[tuple[str, dict]] = []
         self.saved: list[dict] = []
+        self.known: list[dict] = []  # the known NUT clients as saved
         cfg = ShutdownConfig(**dict({"max_client_wait_s": 180, "ups_return_delay_s": 0}, **(shutdown or {})))
         self.link = UpsLink(self.sim.port, "megatec", lambda e: None, off_delay_s=int(cfg.ups_off_delay_s),
                             return_delay_s=int(cfg.ups_return_delay_s),
@@ -65,7 +66,8 @@ class Rig:
         self.nut = NutServer(NutConfig(port=free_port(), users=users), lambda: nut_data(self.link, self.seq))
         self.seq = ShutdownSequencer(cfg, self.nut, self.link,
                                      journal=lambda n, d: self.journal.append((n, d)), save=self.saved.append,
-                                     saved=saved, monotonic=lambda: self.t)
+                                     saved=saved, monotonic=lambda: self.t,
+                                     save_clients=self.known.append, known_clients=known, wall=lambda: 1e9 + self.t)
         self.nut.start()
         self.port = self.nut.ports[0][1]
         self.link.poll_once()
@@ -344,3 +346,63 @@ def test_mains_failing_again_before_the_fsd_clears_starts_the_sequence_over(rig)
     r.link.poll_once()
     r.at(262.0)
     assert r.names().count("shutdown_ups_commanded") == 2
+
+
+def test_clients_known_before_a_restart_are_waited_for_the_whole_wait(rig):
+    """Issue 15 item 1: after a restart nobody is logged in yet (a LAN host held every slot, say).
+    Clients that were logged in before it are stored; "no logins" is not "all gone" while they
+    have not come back: the UPS is commanded only at the end of the whole client wait."""
+    first = rig()
+    server, nas = Client(first.port, "server1"), Client(first.port, "nas")
+    first.at(1.0)
+    known = first.known[-1]
+    assert sorted(k.split("@")[0] for k in known) == ["nas", "server1"]
+    server.close(); nas.close()  # the agent restarts: the connections drop without LOGOUT
+    until(lambda: first.nut.numlogins() == 0)
+    first.at(2.0)
+    assert first.known[-1] == known  # a dropped connection is still a known client
+    first.close()
+
+    r = rig(shutdown={"max_client_wait_s": 120}, known=known)
+    r.plant.set_mains(1.0, False)
+    r.link.poll_once()
+    r.seq.request(True, "runtime below margin")
+    r.at(1.0)
+    assert r.journal[0][0] == "shutdown_fsd_raised"
+    assert sorted(r.journal[0][1]["not_back_since_restart"]) == sorted(known)
+    r.at(40.0)  # past the 30 s grace for "nobody logged in": still waiting for them
+    assert r.seq.phase == "waiting_clients"
+    back = Client(r.port, "server1")  # one comes back, sees FSD and halts
+    assert back.status().startswith('VAR ups ups.status "FSD')
+    r.at(50.0)
+    back.close()
+    until(lambda: r.nut.numlogins() == 0)
+    r.at(60.0)
+    assert r.seq.phase == "waiting_clients"  # nas has not come back
+    r.at(121.0)
+    assert r.names()[-1] == "shutdown_client_wait_expired"
+    assert [k.split("@")[0] for k in r.journal[-1][1]["never_came_back"]] == ["nas"]
+    assert r.seq.phase in ("commanding_ups", "ups_pending")
+
+
+def test_a_client_that_logs_out_is_forgotten_and_not_waited_for(rig):
+    r = rig()
+    c = Client(r.port, "server1")
+    r.at(1.0)
+    assert len(r.known[-1]) == 1
+    c.ask("LOGOUT")  # upsmon stopped on purpose (machine retired)
+    until(lambda: r.nut.numlogins() == 0)
+    r.at(2.0)
+    assert r.known[-1] == {}
+    restarted = rig(known=r.known[-1])
+    restarted.seq.request(True, "low battery")
+    restarted.at(0.0)
+    restarted.at(30.0)  # nobody known, nobody logged in: only the grace period
+    assert restarted.names()[-1] == "shutdown_clients_gone"
+    c.close()
+
+
+def test_known_clients_unseen_for_weeks_are_forgotten(rig):
+    r = rig(known={"old@10.0.0.9": 1e9 - 15 * 86400, "bad": "x", "server1@127.0.0.1": 1e9 - 60})
+    assert r.seq.expected == {"server1@127.0.0.1"}
+    assert "not back since the restart: server1@127.0.0.1" in r.seq.dry_run()
