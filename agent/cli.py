@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("nut", help="NUT server tools (docs/nut-server.md)")
     nsub = n.add_subparsers(dest="nut_cmd", required=True, metavar="NUT_COMMAND")
-    nsub.add_parser("hash-password", help="read a NUT user's password (stdin, or a prompt) and "
-                    "print the password_hash line for nut.users in the site config")
+    hp = nsub.add_parser("hash-password", help="read a NUT user's password (stdin, or a prompt) and "
+                         "print the password_hash line for nut.users in the site config")
+    hp.add_argument("--pin", action="store_true", help="hash the console's enable PIN (4 to 12 digits) "
+                    "for console.enable_pin_hash instead")
+    hp.add_argument("--allow-short", action="store_true", help="accept a NUT password under 8 characters "
+                    "(only for an appliance whose password is fixed, e.g. a NAS)")
 
     z = sub.add_parser("central", help="run the central coordinator (fleet, incidents, advisories, JSON API)")
     z.add_argument("--config", required=True, metavar="FILE")
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "nut" and args.nut_cmd == "hash-password":
         from agent.nut.auth import hash_password_main
 
-        return hash_password_main()
+        return hash_password_main(pin=args.pin, allow_short=args.allow_short)
     if args.cmd == "ctl":
         from agent.ctl import client_main
 

@@ -336,7 +336,7 @@ class ConsoleConfig(_Model):
     # Also serve a console on a pty whose terminal end is linked here (tests, a laptop demo).
     pty_link: str | None = Field(None, min_length=1)
     language: Literal["en", "id"] = "en"  # the site's default; `lang` changes one session
-    # `enable` PIN, hashed with `siaga nut hash-password`; None: no privileged mode on the console
+    # `enable` PIN, hashed with `siaga nut hash-password --pin`; None: no privileged mode on the console
     enable_pin_hash: str | None = None
     idle_timeout_s: float = Field(600.0, gt=0)  # privileged mode ends after this long idle
     ctl_socket: str = Field("/run/siaga/ctl.sock", min_length=1)
@@ -345,7 +345,7 @@ class ConsoleConfig(_Model):
     @classmethod
     def _pin_hashed(cls, v: str | None) -> str | None:
         if v is not None and (problem := hash_problem(v)):  # never echo v: it may be the PIN
-            raise ValueError(f"must be a hash from `siaga nut hash-password`, not the PIN itself ({problem})")
+            raise ValueError(f"must be a hash from `siaga nut hash-password --pin`, not the PIN itself ({problem})")
         return v
 
 

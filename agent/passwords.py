@@ -31,6 +31,19 @@ _PBKDF2_MAX_ITER = 5_000_000
 _PBKDF2_DEFAULT_ITER = 600_000
 
 
+PIN_DIGITS = (4, 12)  # the console's `enable` PIN: this many digits (docs/console.md)
+
+
+def pin_problem(pin: str) -> str | None:
+    """None if ``pin`` is a usable console PIN (4 to 12 digits), else why not."""
+    low, high = PIN_DIGITS
+    if not (pin.isascii() and pin.isdigit()):
+        return "a PIN is digits only (0-9)"
+    if not low <= len(pin) <= high:
+        return f"a PIN has {low} to {high} digits, not {len(pin)}"
+    return None
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 

@@ -33,15 +33,20 @@ from typing import Callable, Iterator, TextIO
 
 # The hashes themselves live in agent/passwords.py (shared with the console's PIN); these names
 # are used here and by the NUT server. ``verify`` is looked up in this module at call time.
-from agent.passwords import DUMMY_HASH, hash_password, hash_problem, pbkdf2_hash, verify  # noqa: F401
+from agent.passwords import DUMMY_HASH, hash_password, hash_problem, pbkdf2_hash, pin_problem, verify  # noqa: F401
 
 _UNSENDABLE = set(' \t"\\#=')
+MIN_PASSWORD_LEN = 8  # the server locks out guessing addresses; a short password falls anyway
 
 
-def password_problem(password: str) -> str | None:
-    """None if a NUT client can send ``password`` intact, else why not."""
+def password_problem(password: str, min_len: int = MIN_PASSWORD_LEN) -> str | None:
+    """None if a NUT client can send ``password`` intact and it is at least ``min_len`` long,
+    else why not."""
     if not password:
         return "the password is empty"
+    if len(password) < min_len:
+        return (f"the password is shorter than {min_len} characters (for an appliance whose "
+                "password is fixed, e.g. a NAS, add --allow-short)")
     if len(password) > 128:
         return "the password is longer than 128 characters"
     bad = sorted({c for c in password if c in _UNSENDABLE or not (" " < c < "\x7f")})
@@ -53,21 +58,28 @@ def password_problem(password: str) -> str | None:
 
 
 def hash_password_main(stdin: TextIO | None = None, out: TextIO | None = None,
-                       err: TextIO | None = None) -> int:
+                       err: TextIO | None = None, *, pin: bool = False, allow_short: bool = False) -> int:
     """``siaga nut hash-password``: the password from stdin (first line) or, on a terminal, a
-    prompt asked twice; prints the hash to paste as ``password_hash``. Exit 2 if unusable."""
+    prompt asked twice; prints the hash to paste as ``password_hash``. ``pin``: the console's
+    ``enable`` PIN instead (4 to 12 digits), for ``console.enable_pin_hash``. ``allow_short``:
+    accept a NUT password under ``MIN_PASSWORD_LEN`` (appliances with a fixed one). Exit 2 if
+    unusable."""
     stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
+    what = "PIN" if pin else "password"
     if stdin.isatty():
-        password = getpass.getpass("NUT user's password: ")
+        password = getpass.getpass("Console PIN: " if pin else "NUT user's password: ")
         if getpass.getpass("Again: ") != password:
-            print("siaga nut hash-password: the two passwords differ", file=err)
+            print(f"siaga nut hash-password: the two {what}s differ", file=err)
             return 2
     else:
         password = stdin.readline().rstrip("\r\n")
-    problem = password_problem(password)
+    problem = pin_problem(password) if pin else password_problem(password, 1 if allow_short else MIN_PASSWORD_LEN)
     if problem:
         print(f"siaga nut hash-password: {problem}", file=err)
         return 2
+    if allow_short and not pin and len(password) < MIN_PASSWORD_LEN:
+        print(f"siaga nut hash-password: warning: a {len(password)}-character password; keep nut.listen "
+              "to the server-room LAN", file=err)
     print(hash_password(password), file=out)
     return 0
 

@@ -18,7 +18,7 @@ import pytest
 from agent.nut import auth as nut_auth
 from agent.nut import server as nut_server
 from agent.cli import main as cli_main
-from agent.config import NutConfig, NutUser
+from agent.config import ConsoleConfig, NutConfig, NutUser
 from agent.nut.server import NutData, NutServer
 from nut_helpers import (UPSCMD, DummyUpsd, Upsmon, parse_vars, require_nut, require_nut_clients,
                          run_upsc)
@@ -806,3 +806,25 @@ def test_cli_hash_password_from_stdin(monkeypatch, capsys):
     assert cli_main(["nut", "hash-password"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "space" in captured.err
+
+
+def test_cli_hash_password_minimum_length_and_pin_mode(monkeypatch, capsys):
+    """Issue 15 item 2: a one-character NUT password was accepted. Now at least 8 characters
+    (an appliance's fixed password with --allow-short); the console PIN keeps its own rule."""
+    def run(text: str, *flags: str) -> tuple[int, str, str]:
+        monkeypatch.setattr("sys.stdin", io.StringIO(text + "\n"))
+        rc = cli_main(["nut", "hash-password", *flags])
+        got = capsys.readouterr()
+        return rc, got.out.strip(), got.err
+
+    rc, out, err = run("x")
+    assert rc == 2 and out == "" and "shorter than 8 characters" in err and "--allow-short" in err
+    rc, out, err = run("secret", "--allow-short")  # Synology's fixed password
+    assert rc == 0 and nut_auth.verify("secret", out) and "warning" in err
+    rc, out, _ = run("1234", "--pin")
+    assert rc == 0 and nut_auth.verify("1234", out)
+    ConsoleConfig(enable_pin_hash=out)
+    for bad, why in (("123", "4 to 12 digits"), ("12a4", "digits only"), ("1234567890123", "not 13"),
+                     ("Genset-2024!", "digits only")):
+        rc, out, err = run(bad, "--pin")
+        assert rc == 2 and out == "" and why in err, bad
