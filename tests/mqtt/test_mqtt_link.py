@@ -62,14 +62,14 @@ def events(msgs) -> list[dict]:
     return [m.json() for m in msgs if "/evt/" in m.topic]
 
 
-def wait_connected(rig: AgentRig, timeout: float = 10.0) -> None:
+def wait_connected(rig: AgentRig, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not (rig.link and rig.link.connected):
         assert time.monotonic() < end, "the agent never connected"
         time.sleep(0.02)
 
 
-def wait_outbox_empty(rig: AgentRig, timeout: float = 10.0) -> None:
+def wait_outbox_empty(rig: AgentRig, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while rig.outbox_rows():
         assert time.monotonic() < end, f"outbox not emptied: {rig.outbox_rows()[:5]}"
@@ -189,7 +189,7 @@ def test_over_the_cap_events_are_kept_and_reported(tmp_path, rig_factory):
     rig = rig_factory(b, outbox_max_rows=10)
     for i in range(30):
         rig.core.post(Record("kept", {"i": i}))
-    end = time.monotonic() + 10
+    end = time.monotonic() + 30
     while not [r for r in rig.journal() if r.name == "outbox_over_cap"]:
         assert time.monotonic() < end, "over the cap, not reported"
         time.sleep(0.05)
@@ -213,7 +213,7 @@ def test_refused_publish_is_kept_not_deleted(tmp_path, rig_factory, sub_factory)
         rig.drive("e_stop", True)  # evt/state, evt/alarm, evt/output: denied by the ACL
         rig.core.post(Record("allowed", {}))  # evt/info: allowed
         sub.wait(lambda ms: any(e["name"] == "allowed" for e in events(ms)))
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             rows = rig.outbox_rows()
             if rows and all(r[3] == 135 for r in rows):
@@ -295,7 +295,7 @@ def test_controller_refusal_gives_ok_false_and_changes_nothing(broker, rig_facto
     wait_connected(rig)
     sub = sub_factory(broker, [f"siaga/{SITE}/res/#"])
     rig.drive("e_stop", True)
-    end = time.monotonic() + 5
+    end = time.monotonic() + 30
     while rig.status()["state"] != "LOCKOUT":
         assert time.monotonic() < end
         time.sleep(0.02)
@@ -449,13 +449,13 @@ def test_broker_unreachable_alarm_raised_and_cleared(tmp_path, rig_factory):
     b = start_broker(tmp_path)
     b.stop()
     rig = rig_factory(b, link_kwargs={"alarm_after_s": 1.0})
-    end = time.monotonic() + 10
+    end = time.monotonic() + 30
     while "broker_unreachable" not in rig.status()["alarms"]:
         assert time.monotonic() < end, rig.status()["alarms"]
         time.sleep(0.1)
     b.start()
     try:
-        end = time.monotonic() + 15
+        end = time.monotonic() + 30
         while rig.status()["alarms"]["broker_unreachable"]["active"]:
             assert time.monotonic() < end
             time.sleep(0.1)
@@ -473,7 +473,7 @@ def test_watchdog_replaces_a_client_stuck_without_pubacks(broker, rig_factory, s
     try:
         for i in range(20):
             rig.core.post(Record("frozen", {"i": i}))
-        end = time.monotonic() + 10
+        end = time.monotonic() + 30
         while rig.link.stats["rebuilds"] == 0:
             assert time.monotonic() < end, "the watchdog never acted"
             time.sleep(0.05)

@@ -98,7 +98,7 @@ def rig():
         r.close()
 
 
-def until(pred, timeout: float = 3.0) -> None:
+def until(pred, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < end, "condition not met in time"

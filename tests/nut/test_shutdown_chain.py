@@ -80,7 +80,7 @@ def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_
         journal = agent.journal()
         names = [r["name"] for r in journal]
         assert "shutdown_clients_gone" in names and "shutdown_client_wait_expired" not in names
-        sent = agent.until("UPS command sent", lambda: [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"], 5)
+        sent = agent.until("UPS command sent", lambda: [r["detail"] for r in agent.journal() if r["name"] == "ups_command_sent"], 30)
         assert [(d["cmd"], d["bytes"], d["source"]) for d in sent] == [("shutdown.return", "S.2\r", "shutdown")]
         t_sent = time.monotonic()
         agent.until("UPS output cut", lambda: agent.world()["ups"]["output_on"] is False, OFF_DELAY_S + 10)
@@ -92,7 +92,7 @@ def test_outage_with_a_dead_generator_ends_in_a_clean_shutdown_and_a_return(tmp_
         # controller's own FSD waits for stable power before it clears
         agent.until("FSD lifted", lambda: "shutdown_fsd_lifted" in [r["name"] for r in agent.journal()], 10)
         # (the UPS's own "shutdown active" flag shows as FSD until its output is back: a poll later)
-        agent.until("no FSD toward the clients", lambda: "FSD" not in run_upsc("127.0.0.1", port, "ups", "ups.status").stdout, 5)
+        agent.until("no FSD toward the clients", lambda: "FSD" not in run_upsc("127.0.0.1", port, "ups", "ups.status").stdout, 30)
         assert agent.status()["fsd"]  # the controller's own FSD still waits for stable power
         agent.until("sequence complete", lambda: "shutdown_complete" in [r["name"] for r in agent.journal()], 60)
         assert not agent.status()["fsd"]

@@ -94,7 +94,7 @@ class Agent:
             time.sleep(0.05)
         raise AssertionError(f"never reached {state}; now {self.status()['state']}\n" + self.ctl("journal", "30"))
 
-    def until(self, what: str, fn, timeout: float = 10.0):
+    def until(self, what: str, fn, timeout: float = 30.0):
         """Poll ``fn`` until it returns something true (returned); fail with the journal's tail."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:

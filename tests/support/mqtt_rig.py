@@ -94,7 +94,7 @@ class Subscriber:
             self.msgs.append(Msg(msg.topic, msg.payload, msg.retain, msg.properties))
             self.cv.notify_all()
 
-    def wait(self, pred: Callable[[list[Msg]], object], timeout: float = 15.0, what: str = "") -> object:
+    def wait(self, pred: Callable[[list[Msg]], object], timeout: float = 30.0, what: str = "") -> object:
         end = time.monotonic() + timeout
         with self.cv:
             while True:
@@ -161,7 +161,7 @@ class AgentRig:
         pin = self.factory.pin(pc.pin)
         pin.drive_high() if input_level(pc, active) else pin.drive_low()
 
-    def call(self, fn, timeout: float = 5.0):
+    def call(self, fn, timeout: float = 30.0):
         """Run ``fn(core)`` on the core thread and return its result."""
         import queue
 

@@ -175,7 +175,7 @@ class NutServer:
         self._wait("upsc to show ups.status", lambda: "ups.status" in self.upsc(), self.start_timeout)
         return self
 
-    def upsc(self, var: str | None = None, timeout: float = 10.0) -> dict[str, str]:
+    def upsc(self, var: str | None = None, timeout: float = 30.0) -> dict[str, str]:
         argv = [UPSC, f"{UPS_NAME}@127.0.0.1:{self.tcp_port}"] + ([var] if var else [])
         p = subprocess.run(argv, env=_env(self.root), capture_output=True, text=True, timeout=timeout)
         if p.returncode != 0:
@@ -190,7 +190,7 @@ class NutServer:
         argv = [UPSCMD, "-w", "-t", "10", "-u", "admin", "-p", "adminpass", f"{UPS_NAME}@127.0.0.1:{self.tcp_port}", cmd, *args]
         return subprocess.run(argv, env=_env(self.root), capture_output=True, text=True, timeout=timeout)
 
-    def wait_vars(self, pred: Callable[[dict[str, str]], bool], timeout: float = 10.0) -> dict[str, str]:
+    def wait_vars(self, pred: Callable[[dict[str, str]], bool], timeout: float = 30.0) -> dict[str, str]:
         """Poll upsc until ``pred(vars)``; return the vars (or fail with the last ones seen)."""
         end = time.monotonic() + timeout
         last: dict[str, str] = {}
@@ -368,11 +368,11 @@ class Upsmon:
         pytest.fail(f"upsmon {self.name}: timed out after {timeout} s waiting for {what}\n"
                     f"{self.monitor}\nnotify: {self.notifications()}\nlog:\n{self.log()[-3000:]}")
 
-    def wait_logged_in(self, timeout: float = 15.0) -> None:
+    def wait_logged_in(self, timeout: float = 30.0) -> None:
         """Until upsmon logged into the UPS (its debug log says ``Logged into UPS``)."""
         self._wait("login", lambda: "Logged into UPS" in self.log(), timeout)
 
-    def wait_notified(self, kind: str, timeout: float = 15.0) -> None:
+    def wait_notified(self, kind: str, timeout: float = 30.0) -> None:
         """Until NOTIFYCMD logged ``kind``. upsmon forks NOTIFYCMD and SHUTDOWNCMD separately, so
         the SHUTDOWN notification may land after the shutdown marker: wait, never read once."""
         self._wait(f"NOTIFY {kind}", lambda: kind in self.notifications(), timeout)
