@@ -77,6 +77,10 @@ _AUTH_CACHE_MAX = 256
 _SWEEP_S = 0.25
 _RATE = {"burst": 20, "refill_s": 3.0}  # per event kind, except the never-limited ones below
 _NEVER_LIMITED = frozenset({"nut_fsd_by_client", "nut_instcmd"})
+# Instant commands per client address (every session of it): a burst, then one per refill_s. Past
+# that, INSTCMD-FAILED without reaching the UPS or the journal (3,000 pipelined commands were
+# all journalled and queued to the UPS); the refusals are counted in ``nut_instcmd_limited``.
+_INSTCMD_RATE = {"burst": 5, "refill_s": 2.0}
 
 
 class _Conn:
@@ -120,7 +124,7 @@ class NutServer:
     what the UPS can do; LIST CMD shows it intersected with ``cfg.instcmds_allowed``.
     ``on_event(kind, info)``: journal hook; kinds ``nut_login``, ``nut_logout``,
     ``nut_access_denied``, ``nut_fsd_by_client``, ``nut_instcmd``, ``nut_refused``,
-    ``nut_dropped``, ``nut_auth_lockout``; noisy kinds are rate-limited (``info["suppressed"]``
+    ``nut_dropped``, ``nut_auth_lockout``, ``nut_instcmd_limited``; noisy kinds are rate-limited (``info["suppressed"]``
     counts the skipped). ``on_alarm(name, active, detail)``: ``nut_clients_refused`` and
     ``nut_password_guessing`` raised and cleared.
     ``description``: the UPS description for LIST UPS / GET UPSDESC (e.g. the site's name).
@@ -165,6 +169,7 @@ class NutServer:
         self._checker: nut_auth.PasswordChecker | None = None
         self._buckets: dict[str, list[float]] = {}  # kind -> [tokens, last, suppressed]
         self._source_failing = False
+        self._cmd_buckets: dict[str, list[float]] = {}  # address -> [tokens, last]
         self._left: dict[str, str] = {}  # "user@address" -> why its last logged-in session ended
 
     # --- public API (any thread) ----------------------------------------------------------
@@ -272,6 +277,19 @@ class NutServer:
         self.event("nut_fsd_by_client", info)
 
     def run_instcmd(self, session: Session, cmd: str, value: str | None) -> tuple[bool, str]:
+        now = time.monotonic()
+        b = self._cmd_buckets.setdefault(session.address, [_INSTCMD_RATE["burst"], now])
+        b[0] = min(_INSTCMD_RATE["burst"], b[0] + (now - b[1]) / _INSTCMD_RATE["refill_s"])
+        b[1] = now
+        if b[0] < 1:
+            self.event("nut_instcmd_limited", {"user": session.username, "address": session.address,
+                                               "command": cmd, "burst": _INSTCMD_RATE["burst"],
+                                               "refill_s": _INSTCMD_RATE["refill_s"]})
+            return False, "rate limited"
+        b[0] -= 1
+        if len(self._cmd_buckets) > 4096:  # bounded: drop the full (idle) ones
+            for key in [k for k, v in self._cmd_buckets.items() if v[0] >= _INSTCMD_RATE["burst"] - 1][:2048]:
+                del self._cmd_buckets[key]
         if self._instcmd is None:
             ok, msg = False, "instant commands are not wired in this agent"
         else:

@@ -830,3 +830,27 @@ def test_cli_hash_password_minimum_length_and_pin_mode(monkeypatch, capsys):
                      ("Genset-2024!", "digits only")):
         rc, out, err = run(bad, "--pin")
         assert rc == 2 and out == "" and why in err, bad
+
+
+def test_a_flood_of_instant_commands_is_rate_limited(rig):
+    """Issue 15 item 6: 3,000 pipelined INSTCMD beeper.toggle were all journalled and queued to
+    the UPS. Now a burst of 5 per address, then one per 2 s; the rest fail without reaching the
+    UPS or the journal, counted in nut_instcmd_limited (itself rate-limited)."""
+    r = rig()
+    c = r.client()
+    c.login("mon")
+    start = time.monotonic()
+    n = 3000
+    sender = threading.Thread(target=c.send, args=(b"INSTCMD ups beeper.toggle\n" * n,))
+    sender.start()
+    replies = [c.reply()[0] for _ in range(n)]
+    sender.join()
+    elapsed = time.monotonic() - start
+    allowed = 5 + int(elapsed / 2.0) + 1
+    assert replies[:5] == ["OK"] * 5
+    assert replies.count("OK") == len(r.calls) <= allowed
+    assert replies.count("ERR INSTCMD-FAILED") >= n - allowed
+    assert r.kinds().count("nut_instcmd") == len(r.calls)
+    assert 1 <= r.kinds().count("nut_instcmd_limited") <= 21  # a burst of 20 and the count
+    other = r.client()  # the server answers on
+    assert other.cmd("GET VAR ups ups.status")[0].startswith("VAR ups ups.status ")
