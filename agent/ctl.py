@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import sys
 import threading
 
@@ -22,6 +23,8 @@ from agent.console import commands
 from agent.console.commands import Services, Session
 
 MAX_LINE = 1024
+MAX_CLIENTS = 16  # connections handled at once; the rest wait in the listen backlog
+BACKLOG = 256  # 200 scripts calling at once all get an answer (with 8, 41 of 200 were refused)
 
 
 def execute(svc: Services, words: list[str], lang: str | None = None) -> str:
@@ -35,17 +38,29 @@ def execute(svc: Services, words: list[str], lang: str | None = None) -> str:
 
 
 class CtlServer:
-    """Unix-socket server. One short-lived thread per connection; bounded line length."""
+    """Unix-socket server. A short-lived thread per connection, at most ``MAX_CLIENTS`` at once
+    (the others wait in a ``BACKLOG``-deep queue); bounded line length."""
 
     def __init__(self, path: str, svc: Services) -> None:
         self.path, self.svc = path, svc
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # stale socket from a killed agent
+        try:
+            os.unlink(path)  # a stale socket from a killed agent (a symlink: the link itself)
+        except FileNotFoundError:
+            pass
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        os.chmod(path, 0o660)  # root and the siaga group only
-        self.sock.listen(8)
+        # 0660 from the start, by umask: a chmod after bind would follow a symlink put in the
+        # socket's place meanwhile and open up whatever it points to.
+        old = os.umask(0o117)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old)
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            self.sock.close()
+            raise OSError(f"ctl socket {path} was replaced by something else while binding")
+        self.sock.listen(BACKLOG)
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def serve_in_thread(self) -> threading.Thread:
         t = threading.Thread(target=self._accept_loop, name="siaga-ctl", daemon=True)
@@ -54,11 +69,23 @@ class CtlServer:
 
     def _accept_loop(self) -> None:
         while True:
+            self._slots.acquire()  # a free handler first: the rest wait in the backlog
             try:
                 conn, _ = self.sock.accept()
             except OSError:
+                self._slots.release()
                 return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            try:
+                threading.Thread(target=self._handle_slot, args=(conn,), name="siaga-ctl-client", daemon=True).start()
+            except RuntimeError:  # no thread to be had: answer nothing rather than stop serving
+                conn.close()
+                self._slots.release()
+
+    def _handle_slot(self, conn: socket.socket) -> None:
+        try:
+            self._handle(conn)
+        finally:
+            self._slots.release()
 
     def _handle(self, conn: socket.socket) -> None:
         with conn:
@@ -125,5 +152,10 @@ def client_main(sock_path: str | None, config_path: str | None, words: list[str]
     except OSError as e:
         print(f"siaga ctl: cannot reach the agent at {sock_path}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(reply)
+    try:
+        print(reply)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `siaga ctl journal 1000 | head`: the reader has had enough
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's last flush is quiet too
     return 1 if reply.startswith(("ERROR:", "REFUSED:")) else 0
