@@ -48,9 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--allow-short", action="store_true", help="accept a NUT password under 8 characters "
                     "(only for an appliance whose password is fixed, e.g. a NAS)")
 
-    z = sub.add_parser("central", help="run the central coordinator (fleet, incidents, advisories, JSON API)")
-    z.add_argument("--config", required=True, metavar="FILE")
+    z = sub.add_parser("central", help="run the central coordinator (fleet, incidents, advisories, dashboard, "
+                       "JSON API); `siaga central user ...`: operator accounts")
+    z.add_argument("--config", metavar="FILE")
     z.add_argument("--log-level", default="INFO")
+    zsub = z.add_subparsers(dest="central_cmd", metavar="user")
+    from central.usercmd import add_arguments as user_arguments
+
+    user_arguments(zsub.add_parser("user", help="operator accounts: add, passwd, disable, enable, token, list"))
 
     w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
     w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
@@ -92,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         from agent.mqtt.provision import main as provision_main
 
         return provision_main(args)
+    if args.cmd == "central" and args.central_cmd == "user":
+        from central.usercmd import main as user_main
+
+        return user_main(args)
     if args.cmd == "central":
+        if not args.config:
+            print("siaga central: --config FILE is required", file=sys.stderr)
+            return 2
         from central.main import main as central_main
 
         return central_main(args.config, args.log_level)

@@ -120,6 +120,16 @@ def main() -> int:
 
 
 def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) -> int:
+    from central import accounts
+    from central.store import Store
+
+    st = Store(store.get("url") or str(tmp / "central.db"))  # an account whose API token reads the timeline
+    user = accounts.new_user("bench", "viewer", None, "bench password", time.time())
+    token = accounts.new_token()
+    user["tokens"].append({"digest": accounts.token_digest(token), "created": time.time(), "label": "bench"})
+    st.save_user(user)
+    st.commit()
+    st.close()
     log = open(tmp / "central.log", "wb")
     central = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(tmp / "central.yaml"),
                                 "--log-level", "WARNING"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -146,7 +156,8 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
     threading.Thread(target=count_sub, daemon=True).start()
 
     def api(path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{api_port}{path}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     end = time.monotonic() + 60

@@ -1,8 +1,9 @@
 """The JSON API of the coordinator (FastAPI; the OpenAPI document at ``/openapi.json``) and the
 Prometheus ``/metrics``.
 
-No accounts yet (they come with the dashboard): the server binds to loopback only
-(``ApiConfig`` refuses anything else) and every write names its operator in the body.
+Every route but ``/api/health`` needs an operator's session or API token (central/auth.py, in front
+of the whole app). Writes are done *as* that account: it is the audit log's "who", never a name in
+the body; a viewer, or an operator outside its region, gets 403 (:func:`require_act`).
 
 Reads come from the coordinator's :attr:`~central.service.coordinator.Coordinator.snapshot`
 (rebuilt every tick) and from a read-only store (history); writes run on the coordinator's owner
@@ -14,12 +15,14 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent import wire
+from central.accounts import Actor
+from central.auth import actor as actor_of
 from central.rules import commands as cmd_rules
 from central.rules import incidents as inc_rules
 from central.service.coordinator import Coordinator
@@ -31,16 +34,14 @@ class _Body(BaseModel):
 
 
 class AckBody(_Body):
-    operator: str = Field(min_length=1, max_length=128)
     note: str = Field("", max_length=2000)
 
 
 class ConfirmBody(_Body):
-    operator: str = Field(min_length=1, max_length=128)
+    note: str = Field("", max_length=2000)
 
 
 class CloseBody(_Body):
-    operator: str = Field(min_length=1, max_length=128)
     note: str = Field(min_length=1, max_length=2000)
 
 
@@ -48,28 +49,37 @@ class CommandBody(_Body):
     sites: list[str] = Field(min_length=1, max_length=1000)
     name: str
     args: dict[str, wire.ArgValue] = Field(default_factory=dict)
-    operator: str = Field(min_length=1, max_length=128)
     reason: str = Field(min_length=1, max_length=2000)
     expiry_s: float | None = Field(None, gt=0, le=86400)
     confirm: bool = False
 
 
-def make_app(coord: Coordinator, store_path: str) -> FastAPI:
-    app = FastAPI(title="Siaga central coordinator", version="0.1.0",
-                  description="Fleet, offices, timelines, alarms, incidents, advisories and commands. "
-                              "Bound to loopback only until accounts exist.",
-                  docs_url=None, redoc_url=None)  # the interactive docs load assets from a CDN
-    lock = threading.Lock()
-    ro: dict[str, Store] = {}
+def require_act(request: Request, regions: set[str]) -> Actor:
+    """The account asking, when it may act on offices of ``regions``; else 403 saying why."""
+    a = actor_of(request)
+    if a is None:
+        raise HTTPException(401, "log in, or send an API token")
+    if not a.can_act:
+        raise HTTPException(403, f"{a.name} is a {a.role}: reading only")
+    if not a.may_act_on(regions):
+        raise HTTPException(403, f"{a.name} acts only on offices of {a.region}")
+    return a
 
-    def store() -> Store:
-        if "s" not in ro:
-            ro["s"] = Store(store_path, readonly=True)
-        return ro["s"]
 
-    def read(fn):
-        with lock:
-            return fn(store())
+class Reader:
+    """The API's read-only store (history), one connection shared under a lock."""
+
+    def __init__(self, store_path: str) -> None:
+        self.path, self.lock, self.s = store_path, threading.Lock(), None
+
+    def __call__(self, fn):
+        with self.lock:
+            if self.s is None:
+                self.s = Store(self.path, readonly=True)
+            return fn(self.s)
+
+
+def add_api(app: FastAPI, coord: Coordinator, read: Reader) -> None:
 
     def write(fn) -> Any:
         try:
@@ -87,13 +97,33 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
             raise HTTPException(404, f"unknown office {site!r}")
         return v
 
+    def regions(sites) -> set[str]:
+        offices = coord.snapshot["offices"]
+        return {offices[s]["region"] for s in sites if s in offices}
+
+    def incident_regions(iid: str) -> set[str]:
+        inc = next((i for i in coord.snapshot["incidents"] if i["id"] == iid), None)
+        if inc is None:
+            raise HTTPException(404, f"no open incident {iid!r}")
+        extra = {inc["key"]} if inc["kind"] == "regional_grid_outage" else set()
+        return regions(inc["members"]) | extra
+
     @app.get("/api/health")
     def health() -> dict:
         snap = coord.snapshot
         alive = coord._thread is not None and coord._thread.is_alive()
         return {"ok": alive, "owner_thread_alive": alive, "broker_connected": snap["connected"],
-                "built_at": snap["built_at"], "last_error": coord.last_error,
-                "bind": "loopback only: no accounts yet"}
+                "built_at": snap["built_at"], "last_error": coord.last_error}
+
+    @app.get("/api/me")
+    def me(request: Request) -> dict:
+        """The account asking: name, role, regional scope (null: every region), session or token; with a
+        session, the CSRF token its writes must carry (``X-CSRF-Token``)."""
+        a = actor_of(request)
+        out = {"name": a.name, "role": a.role, "region": a.region, "via": a.via, "can_act": a.can_act}
+        if a.via == "session":
+            out["csrf"] = request.scope["state"]["session"]["csrf"]
+        return out
 
     @app.get("/api/fleet")
     def fleet(region: str | None = None) -> dict:
@@ -135,8 +165,9 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
         return {"alarms": out}
 
     @app.post("/api/alarms/{site}/{kind}/ack")
-    def ack(site: str, kind: str, body: AckBody) -> dict:
-        return write(lambda: coord.ack_alarm(site, kind, body.operator, body.note))
+    def ack(site: str, kind: str, body: AckBody, request: Request) -> dict:
+        a = require_act(request, regions([office(site)["site"]]))
+        return write(lambda: coord.ack_alarm(site, kind, a.name, body.note))
 
     @app.get("/api/incidents")
     def incidents(open: bool = False) -> dict:
@@ -154,12 +185,14 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
         return inc | {"after_action": inc_rules.after_action(events)}
 
     @app.post("/api/incidents/{iid}/confirm")
-    def confirm(iid: str, body: ConfirmBody) -> dict:
-        return write(lambda: coord.confirm_incident(iid, body.operator))
+    def confirm(iid: str, body: ConfirmBody, request: Request) -> dict:
+        a = require_act(request, incident_regions(iid))
+        return write(lambda: coord.confirm_incident(iid, a.name, body.note))
 
     @app.post("/api/incidents/{iid}/close")
-    def close(iid: str, body: CloseBody) -> dict:
-        return write(lambda: coord.close_incident(iid, body.operator, body.note))
+    def close(iid: str, body: CloseBody, request: Request) -> dict:
+        a = require_act(request, incident_regions(iid))
+        return write(lambda: coord.close_incident(iid, a.name, body.note))
 
     @app.get("/api/advisories")
     def advisories_all() -> dict:
@@ -174,8 +207,9 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
         return adv
 
     @app.post("/api/commands", status_code=201)
-    def send(body: CommandBody) -> dict:
-        req = cmd_rules.Request(sites=tuple(body.sites), name=body.name, args=body.args, operator=body.operator,
+    def send(body: CommandBody, request: Request) -> dict:
+        a = require_act(request, regions(body.sites))
+        req = cmd_rules.Request(sites=tuple(body.sites), name=body.name, args=body.args, operator=a.name,
                                 reason=body.reason, expiry_s=body.expiry_s or coord.cfg.commands.default_expiry_s,
                                 confirm=body.confirm)
         return {"commands": write(lambda: coord.send_command(req))}
@@ -212,5 +246,3 @@ def make_app(coord: Coordinator, store_path: str) -> FastAPI:
     @app.exception_handler(TimeoutError)
     def _busy(request, exc) -> JSONResponse:
         return JSONResponse({"detail": "the coordinator is busy; try again"}, status_code=503)
-
-    return app

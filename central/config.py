@@ -13,7 +13,6 @@ announces in ``meta`` fills in what the registry leaves out (never the other way
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -70,22 +69,30 @@ class StoreConfig(_Model):
 
 
 class ApiConfig(_Model):
-    """The JSON API binds to loopback only until accounts exist (the dashboard issue)."""
+    """The web server: dashboard, JSON API, public page. Every route but the public page, the static
+    files, ``/login``, ``/api/health`` and ``/openapi.json`` needs an operator's session or API token
+    (central/auth.py). Serve it over TLS (``tls_cert_file``/``tls_key_file``, or a reverse proxy
+    that terminates TLS: then set ``secure_cookies: true``)."""
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # signs the session cookies (32+ random bytes, e.g. `head -c 48 /dev/urandom | base64`); without
+    # it a new secret is drawn at every start and every operator logs in again
+    session_secret_file: str | None = None
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    secure_cookies: bool | None = None  # None: Secure when the request came over TLS
+    login_max_failures: int = Field(5, ge=1, le=100)  # per account, within login_window_s ...
+    login_max_failures_per_address: int = Field(20, ge=1, le=10000)
+    login_window_s: float = Field(900.0, gt=0)
+    login_lockout_s: float = Field(900.0, gt=0)  # ... then locked out this long
 
-    @field_validator("host")
-    @classmethod
-    def _loopback(cls, v: str) -> str:
-        try:
-            ok = v == "localhost" or ipaddress.ip_address(v).is_loopback
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ValueError("the API has no accounts yet, so it binds to loopback only "
-                             "(127.0.0.1, ::1 or localhost)")
-        return v
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        return self
 
 
 class RegionalRule(_Model):
@@ -390,6 +397,22 @@ def webhook_secret(loaded: Loaded, i: int) -> bytes:
                           str(loaded.path)) from None
     if len(secret) < 16:
         raise ConfigError([Problem(f"webhooks[{i}].secret_file", None, "the secret is shorter than 16 characters")],
+                          str(loaded.path))
+    return secret
+
+
+def session_secret(loaded: Loaded) -> bytes | None:
+    """The session signing secret (``api.session_secret_file``), None when not configured."""
+    f = loaded.cfg.api.session_secret_file
+    if f is None:
+        return None
+    try:
+        secret = loaded.resolve(f).read_bytes().strip()
+    except OSError as e:
+        raise ConfigError([Problem("api.session_secret_file", None, f"cannot read {f}: {e.strerror or e}")],
+                          str(loaded.path)) from None
+    if len(secret) < 32:
+        raise ConfigError([Problem("api.session_secret_file", None, f"{f}: the secret is shorter than 32 bytes")],
                           str(loaded.path))
     return secret
 

@@ -1,6 +1,7 @@
 """``siaga central --config FILE``: config and registry -> store -> coordinator (MQTT + rules on its
-owner thread) -> the JSON API on uvicorn (loopback only until accounts exist). SIGTERM/SIGINT:
-publish the coordinator's offline status, commit, exit 0."""
+owner thread) -> the web app (JSON API, dashboard, public page; central/app.py) on uvicorn, over TLS
+when ``api.tls_cert_file`` is set. SIGTERM/SIGINT: publish the coordinator's offline status,
+commit, exit 0."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import signal
 import sys
 
-from central.config import ConfigError, load, password, store_location, webhook_secret
+from central.config import ConfigError, load, password, session_secret, store_location, webhook_secret
 
 
 def main(config_path: str, log_level: str = "INFO") -> int:
@@ -20,12 +21,13 @@ def main(config_path: str, log_level: str = "INFO") -> int:
         for i in range(len(loaded.cfg.webhooks)):
             webhook_secret(loaded, i)
         password(loaded)
+        secret = session_secret(loaded)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
     import uvicorn
 
-    from central.api import make_app
+    from central.app import make_app
     from central.service.coordinator import spawn
     from central.store import Store
 
@@ -40,11 +42,16 @@ def main(config_path: str, log_level: str = "INFO") -> int:
 
     coord = spawn(loaded, store_path)
     api = loaded.cfg.api
-    server = uvicorn.Server(uvicorn.Config(make_app(coord, store_path), host=api.host, port=api.port,
-                                           log_level="warning", access_log=False))
-    log.info("siaga central: %d offices in the registry, broker %s:%d, API on http://%s:%d "
-             "(loopback only: no accounts yet)", len(loaded.registry.offices), loaded.cfg.mqtt.host,
-             loaded.cfg.mqtt.port, api.host, api.port)
+    tls = {}
+    if api.tls_cert_file:
+        tls = {"ssl_certfile": str(loaded.resolve(api.tls_cert_file)), "ssl_keyfile": str(loaded.resolve(api.tls_key_file))}
+    server = uvicorn.Server(uvicorn.Config(make_app(coord, store_path, session_secret=secret), host=api.host,
+                                           port=api.port, log_level="warning", access_log=False, **tls))
+    if secret is None:
+        log.warning("api.session_secret_file is not set: sessions end when the coordinator restarts")
+    log.info("siaga central: %d offices in the registry, broker %s:%d, web on %s://%s:%d",
+             len(loaded.registry.offices), loaded.cfg.mqtt.host, loaded.cfg.mqtt.port,
+             "https" if tls else "http", api.host, api.port)
 
     def _stop(signum, frame) -> None:
         server.should_exit = True

@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS notifications (
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     n {SERIAL}, at REAL NOT NULL, url TEXT NOT NULL, delivery TEXT NOT NULL,
     data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     n {SERIAL}, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -421,6 +422,19 @@ class Store:
     def audit_log(self, limit: int = 500) -> list[dict]:
         rows = self.x("SELECT * FROM audit ORDER BY n DESC LIMIT ?", (limit,)).fetchall()
         return [dict(r) | {"detail": json.loads(r["detail"])} for r in rows]
+
+    # ------------------------------------------------------------------ accounts --------------
+    def save_user(self, u: dict) -> None:
+        """One operator account (central/accounts.py: name, role, region, Argon2 hash, tokens' digests)."""
+        self.x("INSERT INTO users VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET data = excluded.data",
+               (u["name"], json.dumps(u)))
+
+    def users(self) -> list[dict]:
+        return [json.loads(r["data"]) for r in self.x("SELECT data FROM users ORDER BY name")]
+
+    def user(self, name: str) -> dict | None:
+        r = self.x("SELECT data FROM users WHERE name = ?", (name,)).fetchone()
+        return None if r is None else json.loads(r["data"])
 
     # ------------------------------------------------------------------ webhooks --------------
     def add_delivery(self, d: dict) -> None:

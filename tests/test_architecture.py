@@ -18,6 +18,12 @@ def lint(cwd: Path) -> subprocess.CompletedProcess:
                           timeout=300, env={"PYTHONPATH": str(cwd), "PATH": "/usr/bin:/bin"})
 
 
+def copy_tree(to: Path) -> None:
+    """Both root packages (else import-linter finds the installed ``central``, maybe another tree's)."""
+    for pkg in ("agent", "central"):
+        shutil.copytree(ROOT / pkg, to / pkg, ignore=shutil.ignore_patterns("__pycache__", "static", "locale"))
+
+
 def test_the_tree_keeps_every_import_contract():
     r = lint(ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -25,7 +31,7 @@ def test_the_tree_keeps_every_import_contract():
 
 
 def test_a_controller_that_imports_a_service_breaks_the_layers(tmp_path):
-    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_tree(tmp_path)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     core = tmp_path / "agent" / "control" / "core.py"
     core.write_text(core.read_text().replace(
@@ -37,7 +43,7 @@ def test_a_controller_that_imports_a_service_breaks_the_layers(tmp_path):
 
 
 def test_the_codec_may_not_import_derive(tmp_path):
-    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_tree(tmp_path)
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
     codec = tmp_path / "agent" / "ups" / "codec.py"
     codec.write_text(codec.read_text().replace("import math\n", "import math\nfrom agent.ups import derive  # wrong\n", 1))

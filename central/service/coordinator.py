@@ -428,18 +428,22 @@ class Coordinator:
         self.tick()
         return a.to_dict()
 
+    def audit(self, who: str, action: str, detail: dict) -> None:
+        """An entry in the central journal (e.g. logins, from the web process, via :meth:`call`)."""
+        self.store.audit(self.clock(), who, action, detail)
+
     def _incident(self, iid: str) -> inc_rules.Incident:
         inc = self.incidents.get(iid)
         if inc is None:
             raise KeyError(f"no open incident {iid!r}")
         return inc
 
-    def confirm_incident(self, iid: str, who: str) -> dict:
+    def confirm_incident(self, iid: str, who: str, note: str = "") -> dict:
         now = self.clock()
         inc = inc_rules.confirm(self._incident(iid), who, now)
         self.incidents[iid] = inc
         self.store.save_incident(inc.to_dict())
-        self.store.audit(now, who, "incident_confirm", {"id": iid})
+        self.store.audit(now, who, "incident_confirm", {"id": iid, "note": note})
         self.tick()
         return inc.to_dict()
 

@@ -81,10 +81,32 @@ def until(what: str, fn, timeout: float = 30.0, every: float = 0.05):
     raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
-def http(port: int, path: str, body: dict | None = None) -> tuple[int, dict | str]:
+PASSWORD = "correct horse battery"
+
+
+def account(store: str, name: str, role: str = "operator", region: str | None = None,
+            password: str = PASSWORD) -> str:
+    """An operator account written into the coordinator's store (as ``siaga central user add``
+    does); returns a new API token of it."""
+    from central import accounts
+    from central.store import Store
+
+    s = Store(store)
+    try:
+        u = s.user(name) or accounts.new_user(name, role, region, password, time.time())
+        token = accounts.new_token()
+        u["tokens"].append({"digest": accounts.token_digest(token), "created": time.time(), "label": "test"})
+        s.save_user(u)
+        s.commit()
+    finally:
+        s.close()
+    return token
+
+
+def http(port: int, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict | str]:
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="POST" if body is not None else "GET",
-                                 data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 data=None if body is None else json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             raw = r.read().decode()

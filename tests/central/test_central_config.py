@@ -36,11 +36,12 @@ def problems(path: Path) -> str:
     return str(e.value)
 
 
-def test_unknown_key_and_a_non_loopback_api_point_at_their_lines(tmp_path):
-    p = write(tmp_path, "registry: offices.yaml\napi:\n  host: 0.0.0.0\nrules:\n  heartbeat_timout_s: 5\n")
+def test_unknown_key_and_a_half_tls_pair_point_at_their_lines(tmp_path):
+    p = write(tmp_path, "registry: offices.yaml\napi:\n  host: 0.0.0.0\n  tls_cert_file: c.pem\n"
+                        "rules:\n  heartbeat_timout_s: 5\n")
     text = problems(p)
-    assert f"{p}:3: api.host: the API has no accounts yet, so it binds to loopback only" in text
-    assert f"{p}:5: rules.heartbeat_timout_s: unknown key 'heartbeat_timout_s'" in text
+    assert f"{p}:2: api: give both tls_cert_file and tls_key_file, or neither" in text
+    assert f"{p}:6: rules.heartbeat_timout_s: unknown key 'heartbeat_timout_s'" in text
 
 
 def test_registry_problems_name_the_registry_file_and_line(tmp_path):

@@ -17,11 +17,11 @@ with warnings.catch_warnings():  # starlette's TestClient on httpx warns that it
     from fastapi.testclient import TestClient
 
 from agent import wire
-from central.api import make_app
+from central.app import make_app
 from central.config import load
 from central.service.coordinator import spawn
 from central_builders import event
-from central_rig import Office, central_config, until
+from central_rig import Office, account, central_config, until
 from mqtt_rig import Subscriber
 
 
@@ -39,7 +39,8 @@ def rig(tmp_path: Path, broker):
     loaded = load(cfg)
     clock = Clock()
     coord = spawn(loaded, str(tmp_path / "central.db"), clock=clock)
-    client = TestClient(make_app(coord, str(tmp_path / "central.db")))
+    token = account(str(tmp_path / "central.db"), "budi", "admin")
+    client = TestClient(make_app(coord, str(tmp_path / "central.db")), headers={"Authorization": f"Bearer {token}"})
     offices: list[Office] = []
 
     def office(site: str) -> Office:
@@ -122,7 +123,7 @@ def test_a_command_gets_its_result_or_no_answer_and_many_offices_need_confirmati
     coord, client, office, clock = rig
     o = office("sambas")
     o.subscribe("siaga/sambas/cmd/req")
-    body = {"sites": ["sambas"], "name": "test_start", "args": {"duration_s": 60}, "operator": "budi",
+    body = {"sites": ["sambas"], "name": "test_start", "args": {"duration_s": 60},
             "reason": "monthly exercise", "expiry_s": 30}
     r = client.post("/api/commands", json=body)
     assert r.status_code == 201, r.text
@@ -159,9 +160,10 @@ def test_alarm_ack_with_a_note_and_the_openapi_document(rig, broker):
                           active=["ups_on_battery"], unacked=1)
     o.pub(wire.state_topic("singkawang", "alarms"), al.dump(), retain=True)
     until("alarm", lambda: client.get("/api/alarms?active=true").json()["alarms"])
-    r = client.post("/api/alarms/singkawang/ups_on_battery/ack", json={"operator": "sari", "note": "PLN says 2 h"})
+    r = client.post("/api/alarms/singkawang/ups_on_battery/ack", json={"note": "PLN says 2 h"})
     assert r.status_code == 200 and r.json()["status"] == "ACTIVE_ACK" and r.json()["note"] == "PLN says 2 h"
-    assert client.post("/api/alarms/singkawang/nope/ack", json={"operator": "sari"}).status_code == 404
+    assert r.json()["acked_by"] == "budi"  # the account asking, never a name in the body
+    assert client.post("/api/alarms/singkawang/nope/ack", json={}).status_code == 404
     spec = client.get("/openapi.json").json()
     assert {"/api/fleet", "/api/commands", "/api/advisories", "/api/incidents/{iid}/confirm"} <= set(spec["paths"])
     o.pub(wire.state_topic("singkawang", "alarms"), b"", retain=True)

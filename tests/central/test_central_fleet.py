@@ -90,6 +90,20 @@ class Central:
                                          cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         until("the coordinator API", lambda: self.alive() and http(api_port, "/api/health")[1]["broker_connected"],
               timeout=60)
+        self.token = self.user_token(cfg)
+
+    @staticmethod
+    def user_token(cfg: Path) -> str:
+        """An admin account made with the real ``siaga central user add`` (or kept from an earlier
+        start on the same store), and a new API token of it."""
+        cli = [sys.executable, "-m", "agent.cli", "central", "user"]
+        add = subprocess.run([*cli, "add", "tester", "--role", "admin", "--config", str(cfg)], cwd=ROOT,
+                             input="correct horse battery\n", capture_output=True, text=True, timeout=60)
+        assert add.returncode == 0 or "exists" in add.stderr, add.stderr
+        tok = subprocess.run([*cli, "token", "tester", "--config", str(cfg)], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60)
+        assert tok.returncode == 0, tok.stderr
+        return tok.stdout.strip()
 
     def alive(self) -> bool:
         assert self.proc.poll() is None, self.log.read_text()
@@ -97,12 +111,12 @@ class Central:
 
     def get(self, path: str) -> dict:
         self.alive()
-        status, body = http(self.port, path)
+        status, body = http(self.port, path, token=self.token)
         assert status == 200, (path, status, body)
         return body
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
-        return http(self.port, path, body)
+        return http(self.port, path, body, token=self.token)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -175,7 +189,7 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
 
         # 4. a test exercise command to Samarinda: its result in the API
         code, body = central.post("/api/commands", {"sites": ["samarinda"], "name": "test_start",
-                                                     "args": {"duration_s": 60}, "operator": "budi",
+                                                     "args": {"duration_s": 60},
                                                      "reason": "integration test", "expiry_s": 60})
         assert code == 201, body
         cid = body["commands"][0]["id"]

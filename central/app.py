@@ -1,0 +1,39 @@
+"""The coordinator's web application, put together: the JSON API (central/api.py), login and the
+operators' dashboard (central/dash/), and the auth layer in front of all of them (central/auth.py).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import FastAPI
+
+from central.accounts import Directory, Limiter
+from central.api import Reader, add_api
+from central.auth import AuthMiddleware, Sessions
+from central.dash.login import add_login, plain_page
+from central.service.coordinator import Coordinator
+
+
+def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | None = None) -> FastAPI:
+    api = coord.cfg.api
+    app = FastAPI(title="Siaga central coordinator", version="0.1.0",
+                  description="Fleet, offices, timelines, alarms, incidents, advisories and commands. "
+                              "Every route but /api/health needs an operator's session (the dashboard) "
+                              "or an API token: `Authorization: Bearer siaga_...` (`siaga central user token`).",
+                  docs_url=None, redoc_url=None)  # the interactive docs load assets from a CDN
+    read = Reader(store_path)
+    add_api(app, coord, read)
+    directory = Directory(lambda: read(lambda s: s.users()))
+    sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
+    limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)
+
+    def audit(who: str, action: str, detail: dict) -> None:
+        coord.call(lambda: coord.audit(who, action, detail))
+
+    add_login(app, sessions=sessions, directory=directory, limiter=limiter,
+              limits={"user": api.login_max_failures, "ip": api.login_max_failures_per_address},
+              audit=audit, page=plain_page)
+    app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies)
+    app.state.directory, app.state.sessions, app.state.limiter = directory, sessions, limiter
+    return app

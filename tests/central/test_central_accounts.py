@@ -1,0 +1,206 @@
+"""Accounts and roles: login with CSRF, session cookie flags, lockout after repeated failures,
+roles and regional scope on every write, API tokens, the audit log, and ``siaga central user``.
+The coordinator runs in process without a broker; requests go through the whole ASGI app."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fastapi.testclient import TestClient
+
+from central.accounts import Limiter
+from central.app import make_app
+from central.config import load
+from central.rules.parse import Parsed
+from central.service.coordinator import spawn
+from central.store import Store
+from central_builders import alarms_state, status
+from central_rig import PASSWORD, ROOT, account, central_config, until
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("accounts")
+    cfg = central_config(tmp, 1, api={"login_max_failures": 3, "login_lockout_s": 600})
+    db = str(tmp / "central.db")
+    coord = spawn(load(cfg), db, mqtt_client=False)
+    for s in ("sambas", "samarinda"):
+        coord.call(lambda s=s: coord.ingest(Parsed(s, "status", None, status()), coord.clock()))
+        coord.call(lambda s=s: coord.ingest(Parsed(s, "state", "alarms", alarms_state(ups_on_battery=True)),
+                                            coord.clock()))
+    until("alarms", lambda: len(coord.snapshot["alarms"]) == 2)
+    tokens = {"admin": account(db, "ani", "admin"), "viewer": account(db, "vera", "viewer"),
+              "kalbar": account(db, "kurnia", "operator", region="Kalimantan Barat")}
+    app = make_app(coord, db)
+    try:
+        yield coord, app, db, tokens, cfg
+    finally:
+        coord.stop()
+
+
+def browser(app, https: bool = False) -> TestClient:
+    return TestClient(app, base_url="https://testserver" if https else "http://testserver", follow_redirects=False)
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="?csrf"? value="([^"]+)"', page).group(1)
+
+
+def log_in(c: TestClient, name: str, password: str = PASSWORD):
+    token = csrf_of(c.get("/login").text)
+    return c.post("/login", data={"username": name, "password": password, "csrf": token, "next": "/"})
+
+
+def session_csrf(c: TestClient) -> str:
+    """The CSRF token of the logged-in session (as the dashboard's pages carry it)."""
+    return c.get("/api/me").json()["csrf"]
+
+
+def test_nothing_but_health_and_the_openapi_document_without_a_login(site):
+    coord, app, db, tokens, cfg = site
+    c = browser(app)
+    assert c.get("/api/fleet").status_code == 401
+    assert c.post("/api/commands", json={}, headers={"X-CSRF-Token": "x"}).status_code in (401, 403)
+    assert c.get("/metrics").status_code == 401
+    r = c.get("/offices/sambas")
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Foffices%2Fsambas"
+    assert c.get("/api/health").status_code == 200 and c.get("/openapi.json").status_code == 200
+    assert c.get("/api/fleet", headers={"Authorization": "Bearer siaga_forged"}).status_code == 401
+    for path in ("/public", "/public/x", "/static/none.css"):  # the auth layer leaves these alone
+        r = c.get(path)
+        assert r.status_code != 401 and r.status_code != 303 and "set-cookie" not in r.headers, path
+
+
+def test_login_needs_the_forms_csrf_token_and_sets_a_hardened_cookie(site):
+    coord, app, db, tokens, cfg = site
+    c = browser(app)
+    c.get("/login")
+    r = c.post("/login", data={"username": "ani", "password": PASSWORD})  # no token
+    assert r.status_code == 403 and "CSRF" in r.json()["detail"]
+    r = log_in(c, "ani")
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie  # plain http
+    me = c.get("/api/me").json()
+    assert me | {"csrf": ""} == {"name": "ani", "role": "admin", "region": None, "via": "session", "can_act": True,
+                                 "csrf": ""}
+    s = browser(app, https=True)
+    cookie = log_in(s, "ani").headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "; Secure" in cookie  # over TLS
+
+
+def test_an_api_call_that_changes_something_needs_the_sessions_csrf_token(site):
+    coord, app, db, tokens, cfg = site
+    c = browser(app)
+    log_in(c, "ani")
+    url = "/api/alarms/sambas/ups_on_battery/ack"
+    assert c.post(url, json={"note": "x"}).status_code == 403
+    assert c.post(url, json={"note": "x"}, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    assert c.post(url, data={"note": "x", "csrf": "wrong"}).status_code == 403  # a form too
+    r = c.post(url, json={"note": "PLN: 2 h"}, headers={"X-CSRF-Token": session_csrf(c)})
+    assert r.status_code == 200 and r.json()["acked_by"] == "ani"
+    other = browser(app)  # another visitor's token is not this session's
+    log_in(other, "ani")
+    assert c.post(url, json={"note": "x"}, headers={"X-CSRF-Token": session_csrf(other)}).status_code == 403
+    # every route that changes something is behind the check (no route can forget it)
+    for route in app.routes:
+        for m in set(getattr(route, "methods", None) or ()) - {"GET", "HEAD", "OPTIONS"}:
+            path = re.sub(r"\{[^}]+\}", "x", route.path)
+            assert c.request(m, path, json={}).status_code == 403, (m, route.path)
+
+
+def test_roles_and_regional_scope(site):
+    coord, app, db, tokens, cfg = site
+
+    def api(who, path, body):
+        return browser(app).post(path, json=body, headers={"Authorization": f"Bearer {tokens[who]}"})
+
+    cmd = {"sites": ["samarinda"], "name": "rebirth", "reason": "check"}
+    r = api("viewer", "/api/commands", cmd)
+    assert r.status_code == 403 and "viewer" in r.json()["detail"]
+    assert api("viewer", "/api/alarms/sambas/ups_on_battery/ack", {"note": "x"}).status_code == 403
+    r = api("kalbar", "/api/commands", cmd)  # Samarinda is in Kalimantan Timur
+    assert r.status_code == 403 and "Kalimantan Barat" in r.json()["detail"]
+    assert api("kalbar", "/api/alarms/samarinda/ups_on_battery/ack", {"note": "x"}).status_code == 403
+    assert api("kalbar", "/api/alarms/sambas/ups_on_battery/ack", {"note": "mine"}).status_code == 200
+    assert api("kalbar", "/api/commands", cmd | {"sites": ["sambas"]}).status_code == 201
+    assert api("admin", "/api/commands", cmd).status_code == 201
+    assert browser(app).get("/api/fleet", headers={"Authorization": f"Bearer {tokens['viewer']}"}).status_code == 200
+    journal = [e for e in Store(db, readonly=True).audit_log() if e["action"] in ("alarm_ack", "command_sent")]
+    assert ("kurnia", "alarm_ack", "mine") in {(e["who"], e["action"], e["detail"].get("note")) for e in journal}
+    assert {(e["who"], e["detail"].get("reason")) for e in journal if e["action"] == "command_sent"} >= \
+        {("kurnia", "check"), ("ani", "check")}
+
+
+def test_brute_force_on_login_is_locked_out(site):
+    coord, app, db, tokens, cfg = site
+    account(db, "budi", "operator")
+    c = browser(app)
+    for _ in range(3):  # api.login_max_failures: 3 in this config
+        assert log_in(c, "budi", "wrong password!").status_code == 401
+    r = log_in(c, "budi")  # the right password, but locked out
+    assert r.status_code == 429 and c.get("/api/me").status_code == 401
+    assert log_in(browser(app), "ani").status_code == 303  # another account is not locked
+    actions = [e["action"] for e in Store(db, readonly=True).audit_log() if e["who"] == "budi"]
+    assert actions.count("login_failed") == 3 and "login_locked_out" in actions
+
+
+def test_the_limiter_forgets_after_the_lockout():
+    now = [0.0]
+    lim = Limiter(max_failures=2, window_s=60, lockout_s=300, clock=lambda: now[0])
+    lim.failed(["user:a"])
+    now[0] = 61  # the first failure is out of the window
+    lim.failed(["user:a"])
+    assert lim.locked_for(["user:a"]) == 0
+    lim.failed(["user:a"])
+    assert lim.locked_for(["user:a"]) == 300
+    now[0] += 301
+    assert lim.locked_for(["user:a"]) == 0
+
+
+def test_siaga_central_user_commands_and_a_disabled_account(site):
+    coord, app, db, tokens, cfg = site
+
+    def user(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "agent.cli", "central", "user", *args, "--config", str(cfg)],
+                              cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
+
+    assert user("add", "dewi", "--role", "operator", "--region", "Kalimantan Timur", stdin="a long password\n").returncode == 0
+    r = user("add", "dewi", "--role", "operator", stdin="a long password\n")
+    assert r.returncode == 1 and "exists" in r.stderr
+    r = user("add", "eko", "--role", "boss", stdin="a long password\n")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = user("add", "eko", "--role", "viewer", "--region", "Atlantis", stdin="a long password\n")
+    assert r.returncode == 1 and "region 'Atlantis' is not in the registry" in r.stderr
+    r = user("add", "eko", "--role", "viewer", stdin="short\n")
+    assert r.returncode == 1 and "shorter than 10" in r.stderr
+    c = browser(app)
+    assert log_in(c, "dewi", "a long password").status_code == 303
+    assert c.get("/api/me").json()["region"] == "Kalimantan Timur"
+    assert user("passwd", "dewi", stdin="another long password\n").returncode == 0
+    app.state.directory.forget()  # (the web process re-reads accounts every 2 s)
+    assert c.get("/api/me").status_code == 401  # a password change ends the sessions
+    assert log_in(c, "dewi", "another long password").status_code == 303
+    token = user("token", "dewi", "--label", "ops script").stdout.strip()
+    assert token.startswith("siaga_")
+    app.state.directory.forget()
+    assert browser(app).get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()["via"] == "token"
+    assert user("disable", "dewi").returncode == 0
+    app.state.directory.forget()
+    assert c.get("/api/me").status_code == 401
+    assert browser(app).get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert log_in(browser(app), "dewi", "another long password").status_code == 401
+    listing = user("list").stdout
+    assert re.search(r"dewi\s+operator\s+Kalimantan Timur\s+DISABLED\s+tokens: 1", listing), listing
+    assert [e["action"] for e in Store(db, readonly=True).audit_log() if e["detail"].get("account") == "dewi"] == \
+        ["account_disable", "account_token", "account_passwd", "account_add"]
+    assert "a long password" not in Path(db).read_bytes().decode("latin-1")
