@@ -13,6 +13,7 @@ from central.api import Reader, add_api
 from central.auth import AuthMiddleware, Sessions
 from central.dash.login import add_login, plain_page
 from central.service.coordinator import Coordinator
+from central.web.app import mount as mount_web
 
 
 def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | None = None) -> FastAPI:
@@ -24,6 +25,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
                   docs_url=None, redoc_url=None)  # the interactive docs load assets from a CDN
     read = Reader(store_path)
     add_api(app, coord, read)
+    mount_web(app, coord)  # /public/... (no login) and /static/... (central/web/)
     directory = Directory(lambda: read(lambda s: s.users()))
     sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
     limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)

@@ -8,10 +8,12 @@ cd "$ROOT"
 # System packages the test suite and bench/ need (Debian names; mosquitto-clients: mosquitto_sub
 # for bench/bench_central_ingest.py), and the programs they run from them:
 # each program is checked after installing, so a missing one stops here, loudly.
-APT_PACKAGES=(nut-server nut-client mosquitto mosquitto-clients postgresql ${SIAGA_APT_PACKAGES:-})
+# (chromium: the browser tests drive Debian's Chromium through Playwright, never `playwright install`)
+APT_PACKAGES=(nut-server nut-client mosquitto mosquitto-clients postgresql chromium ${SIAGA_APT_PACKAGES:-})
 REQUIRED_PROGRAMS=(/lib/nut/nutdrv_qx /lib/nut/upsd /bin/upsc /bin/upscmd
                    /usr/sbin/mosquitto /usr/bin/mosquitto_passwd /usr/bin/mosquitto_sub
-                   /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl)
+                   /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
+                   /usr/bin/chromium)
 
 apt_install() {
   local missing=()

@@ -10,6 +10,10 @@ import pytest
 
 from mosquitto_helpers import Broker, start_broker
 
+# Fixtures of the web tests, for every folder: ``browser``/``page``/``page_nojs`` (real headless
+# Chromium) and ``central_web`` (the real coordinator and its web app against a real Mosquitto).
+pytest_plugins = ("browser", "central_web")
+
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
