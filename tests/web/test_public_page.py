@@ -140,6 +140,7 @@ def test_public_pages_are_cacheable_and_need_no_login(rig):
         status, headers, body = rig.get(path)
         assert status == 200, path
         assert headers["Cache-Control"] == "public, max-age=30" and headers["ETag"], path
+        assert headers["Set-Cookie"] is None, path  # no session, nothing that keeps a cache from sharing it
         assert len(body) < WEIGHT_MAX
         again, headers2, body2 = rig.get(path, {"If-None-Match": headers["ETag"]})
         # 304 unless the minute turned between the two requests (the body carries the time to the minute)
