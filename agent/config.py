@@ -20,16 +20,15 @@ import sys
 import types
 import typing
 import zoneinfo
-from dataclasses import dataclass
 from typing import TypeVar
 from typing import Annotated, Literal, TextIO
 
-import yaml
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
 from agent.control import amf_types
 from agent.passwords import hash_problem
+from agent.yamlconf import ConfigError, Loc, Problem, dotted, line, line_of, read_text, read_yaml
 
 M = TypeVar("M", bound=BaseModel)
 _AMF = amf_types.Settings()  # defaults come from the controller, so the two can never drift apart
@@ -532,118 +531,8 @@ def amf_settings(cfg: SiteConfig) -> amf_types.Settings:
     )
 
 
-@dataclass(frozen=True)
-class Problem:
-    path: str  # dotted, with [i] for list items; "" for the whole file
-    line: int | None  # 1-based YAML line, None when unknown
-    message: str
-
-
-class ConfigError(Exception):
-    """Everything wrong with one config file. ``str()`` gives ``FILE:LINE: path: message``
-    lines (``:LINE`` left out when unknown, ``path: `` when the problem is the whole file)."""
-
-    def __init__(self, problems: list[Problem], source: str = "<string>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        super().__init__(self.problems)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}{'' if p.line is None else f':{p.line}'}: "
-                         f"{p.path + ': ' if p.path else ''}{p.message}" for p in self.problems)
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans (only true/false), so ``contact: NO`` stays a string."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in rs if tag != _BOOL]
-    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                              list("tTfF"))
-
-Loc = tuple[str, ...]
-
-
-def _dotted(loc: tuple) -> str:
-    s = ""
-    for seg in loc:
-        s += f"[{seg}]" if isinstance(seg, int) or str(seg).isdigit() else f".{seg}"
-    return s.lstrip(".")
-
-
-def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[Problem],
-           seen: set[int]) -> None:
-    """Record the line of every key and list item under ``node``; report duplicate keys."""
-    if id(node) in seen:  # aliases share nodes; also stops recursive anchors
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                continue
-            sub, line = loc + (key.value,), key.start_mark.line + 1
-            if key.value in first and key.value != "<<":
-                msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
-                dups.append(Problem(_dotted(sub), line, msg))
-                continue
-            first[key.value] = line
-            lines[sub] = line
-            _index(value, sub, lines, dups, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            sub = loc + (str(i),)
-            lines[sub] = item.start_mark.line + 1
-            _index(item, sub, lines, dups, seen)
-
-
-def _line(lines: dict[Loc, int], loc: tuple) -> int | None:
-    key = tuple(str(s) for s in loc)
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key[:-1]
-    return None
-
-
 def _read_yaml(text: str, source: str) -> tuple[object, dict[Loc, int]]:
-    lines: dict[Loc, int] = {}
-    dups: list[Problem] = []
-    try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None:
-                _index(node, (), lines, dups, set())
-            if dups:
-                raise ConfigError(dups, source)
-            data = None if node is None else loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        msg = " ".join(s for s in (e.context, e.problem) if s)
-        raise ConfigError([Problem("", mark.line + 1 if mark else None,
-                                   f"YAML syntax error: {msg}")], source) from None
-    except yaml.reader.ReaderError as e:
-        line = text[: e.position].count("\n") + 1
-        msg = f"YAML syntax error: {e.reason} (character #x{e.character:x})"
-        raise ConfigError([Problem("", line, msg)], source) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        # e.g. an impossible !!timestamp (ValueError) or absurd nesting (RecursionError)
-        raise ConfigError([Problem("", None, f"cannot read YAML: {e}")], source) from None
-    if data is None:
-        raise ConfigError([Problem("", None, "the file is empty")], source)
-    if not isinstance(data, dict):
-        raise ConfigError([Problem("", 1, "the top level must be a mapping (site:, gpio:, ...)")],
-                          source)
-    return data, lines
+    return read_yaml(text, source, "the top level must be a mapping (site:, gpio:, ...)")
 
 
 def _keys_at(loc: tuple, model: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
@@ -680,7 +569,7 @@ def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        problems = [Problem(_dotted(err["loc"]), _line(lines, err["loc"]), _message(err, model))
+        problems = [Problem(dotted(err["loc"]), line(lines, err["loc"]), _message(err, model))
                     for err in e.errors()]
     except ConfigError as e:  # cross-section rules: add the lines
         problems = [Problem(p.path, line_of(lines, p.path), p.message) for p in e.problems]
@@ -692,29 +581,13 @@ def read_yaml_lines(text: str, source: str = "<string>") -> tuple[object, dict]:
     return _read_yaml(text, source)
 
 
-def line_of(lines: dict, dotted: str, prefix: tuple = ()) -> int | None:
-    """Line of a dotted path (``a.b[2].c``) under ``prefix``, or of its nearest parent."""
-    parts = tuple(int(s) if s.isdigit() else s for s in re.findall(r"[^.\[\]]+", dotted))
-    return _line(lines, prefix + parts)
-
-
 def parse_config(text: str, source: str = "<string>") -> SiteConfig:
     """Validate YAML text; raise ConfigError listing every problem found."""
     return parse_model(text, SiteConfig, source)
 
 
 def load_model(path: str | os.PathLike[str], model: type[M]) -> M:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        text = raw.decode("utf-8-sig")
-    except OSError as e:
-        raise ConfigError([Problem("", None, f"cannot read the file: {e.strerror or e}")],
-                          str(path)) from None
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError([Problem("", line, "the file is not UTF-8 text")], str(path)) from None
-    return parse_model(text, model, str(path))
+    return parse_model(read_text(path), model, str(path))
 
 
 def load_config(path: str | os.PathLike[str]) -> SiteConfig:

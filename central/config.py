@@ -2,8 +2,8 @@
 
 Pydantic models forbidding unknown keys, units in names (``_s``, ``_pct``), loaded from YAML with
 YAML 1.2 booleans and duplicate keys refused. Problems read ``FILE:LINE: path: message``, as the
-agent's site config does (``agent/config.py``; a small local equivalent of its loader, because
-``agent.config`` builds on the agent's controller and ``central`` may import only ``agent.wire``).
+agent's site config does: both use the one loader, ``agent.yamlconf`` (a bottom-layer module that
+``central`` may import; ``agent.config`` itself builds on the agent's controller, so it may not).
 
 The registry (a second YAML file named by ``registry:``) lists every office the coordinator
 accepts: id, name, region, address, coordinates and the services it offers. What an office
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agent import wire
+from agent.yamlconf import ConfigError, Problem, dotted, line, read_text, read_yaml
 from central.rules.settings import Office, Rules, ServiceDef
 
 M = TypeVar("M", bound=BaseModel)
@@ -232,96 +232,8 @@ def rules_of(cfg: CentralConfig, registry: Registry) -> Rules:
 
 
 # ---------------------------------------------------------------------------------------------
-# YAML with line numbers (``FILE:LINE: path: message``)
+# Validation with line numbers (``FILE:LINE: path: message``; the YAML loader is agent.yamlconf)
 # ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    line: int | None
-    message: str
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem], source: str) -> None:
-        self.problems, self.source = list(problems), source
-        super().__init__(self.problems)
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}{'' if p.line is None else f':{p.line}'}: "
-                         f"{p.path + ': ' if p.path else ''}{p.message}" for p in self.problems)
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false (``NO`` stays a string)."""
-
-
-_BOOL = "tag:yaml.org,2002:bool"
-_Loader.yaml_implicit_resolvers = {ch: [(t, rx) for t, rx in rs if t != _BOOL]
-                                   for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-
-
-def _dotted(loc: tuple) -> str:
-    return "".join(f"[{s}]" if isinstance(s, int) or str(s).isdigit() else f".{s}" for s in loc).lstrip(".")
-
-
-def _index(node, loc: tuple, lines: dict, dups: list[Problem], seen: set) -> None:
-    if id(node) in seen:
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode):
-                continue
-            sub, line = loc + (key.value,), key.start_mark.line + 1
-            if key.value in first:
-                dups.append(Problem(_dotted(sub), line, f"duplicate key {key.value!r} (first on line {first[key.value]})"))
-                continue
-            first[key.value] = lines[sub] = line
-            _index(value, sub, lines, dups, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[loc + (str(i),)] = item.start_mark.line + 1
-            _index(item, loc + (str(i),), lines, dups, seen)
-
-
-def _line(lines: dict, loc: tuple) -> int | None:
-    key = tuple(str(s) for s in loc)
-    while key:
-        if key in lines:
-            return lines[key]
-        key = key[:-1]
-    return None
-
-
-def _read(text: str, source: str) -> tuple[object, dict]:
-    lines: dict = {}
-    dups: list[Problem] = []
-    try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            if node is not None:
-                _index(node, (), lines, dups, set())
-            if dups:
-                raise ConfigError(dups, source)
-            data = None if node is None else loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        msg = " ".join(s for s in (e.context, e.problem) if s)
-        raise ConfigError([Problem("", mark.line + 1 if mark else None, f"YAML syntax error: {msg}")], source) from None
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise ConfigError([Problem("", None, f"cannot read YAML: {e}")], source) from None
-    if data is None:
-        raise ConfigError([Problem("", None, "the file is empty")], source)
-    if not isinstance(data, dict):
-        raise ConfigError([Problem("", 1, "the top level must be a mapping")], source)
-    return data, lines
-
-
 def _message(err: dict) -> str:
     if err["type"] == "extra_forbidden":
         return f"unknown key {str(err['loc'][-1])!r}"
@@ -331,7 +243,7 @@ def _message(err: dict) -> str:
 
 
 def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
-    data, lines = _read(text, source)
+    data, lines = read_yaml(text, source)
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -341,18 +253,12 @@ def parse_model(text: str, model: type[M], source: str = "<string>") -> M:
             m = re.match(r"^(offices\[(\d+)\]).*?: ", msg)  # a registry rule names its item
             if m and not loc:
                 loc, msg = ("offices", m.group(2)), msg[m.end():]
-            problems.append(Problem(_dotted(loc), _line(lines, loc), msg))
+            problems.append(Problem(dotted(loc), line(lines, loc), msg))
         raise ConfigError(problems, source) from None
 
 
 def load_model(path: str | os.PathLike[str], model: type[M]) -> M:
-    try:
-        text = Path(path).read_bytes().decode("utf-8-sig")
-    except OSError as e:
-        raise ConfigError([Problem("", None, f"cannot read the file: {e.strerror or e}")], str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError([Problem("", None, "the file is not UTF-8 text")], str(path)) from None
-    return parse_model(text, model, str(path))
+    return parse_model(read_text(path), model, str(path))
 
 
 @dataclass(frozen=True)
