@@ -88,6 +88,28 @@ class _Dialect:
         return q.replace("?", "%s") if self.pg else q
 
 
+def _values(ncols: int, nrows: int) -> str:
+    row = "(" + ",".join("?" * ncols) + ")"
+    return ",".join([row] * nrows)
+
+
+def _chunks(rows: list, n: int) -> list[list]:
+    return [rows[i:i + n] for i in range(0, len(rows), n)]
+
+
+def _copy_field(v: Any) -> str:
+    """One field of PostgreSQL's COPY text format."""
+    if v is None:
+        return "\\N"
+    if isinstance(v, str):
+        return v.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return repr(v)  # int, float (repr round-trips; inf/nan are spelled as PostgreSQL reads them)
+
+
+def _copy_line(row: tuple) -> str:
+    return "\t".join(map(_copy_field, row)) + "\n"
+
+
 def is_postgres(url: str) -> bool:
     return url.startswith(("postgresql://", "postgres://"))
 
@@ -129,17 +151,25 @@ class Store:
         """Execute one statement (``?`` placeholders in either dialect); the cursor."""
         return self.db.execute(self.d.sql(q), params)
 
+    def _upsert(self, q: str, rows: list[tuple]) -> None:
+        """``q`` with ``{}`` for a multi-row VALUES list, run once per 1,000 rows: one round trip each
+        on PostgreSQL (an ``executemany`` there pipelines one statement per row, and in psycopg's
+        pure-Python build each costs ~100 us of client time)."""
+        for chunk in _chunks(rows, 1000):
+            self.x(q.format(_values(len(chunk[0]), len(chunk))), [v for r in chunk for v in r])
+
     def close(self) -> None:
         self.db.close()
 
     def _write_telemetry(self) -> None:
-        if self._tele:  # one executemany per batch (PostgreSQL pipelines it: no round trip per row)
-            rows, self._tele = self._tele, []
-            cur = self.db.cursor()
-            try:
-                cur.executemany(self.d.sql("INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?)"), rows)
-            finally:
-                cur.close()
+        if not self._tele:
+            return
+        rows, self._tele = self._tele, []
+        if self.d.pg:  # one COPY: no round trip (and no pipelined statement) per row
+            with self.db.cursor() as cur, cur.copy("COPY telemetry FROM STDIN") as cp:
+                cp.write("".join(_copy_line(r) for r in rows))
+            return
+        self.db.executemany("INSERT INTO telemetry VALUES (?,?,?,?,?,?,?,?,?)", rows)
 
     def write(self) -> list[tuple[str, bool]]:
         """Write what is buffered (inside the open transaction); the events it stored as
@@ -165,16 +195,10 @@ class Store:
                 if self.db.execute(q, r).rowcount == 1:
                     inserted.append((r[0], bool(r[11])))
             return inserted
-        cur = self.db.cursor()  # one pipelined executemany; RETURNING says which rows were new
-        try:
-            cur.executemany(self.d.sql(q + " RETURNING site, late"), rows, returning=True)
-            while True:
-                for r in cur.fetchall():
-                    inserted.append((r["site"], bool(r["late"])))
-                if not cur.nextset():
-                    break
-        finally:
-            cur.close()
+        for chunk in _chunks(rows, 1000):  # one statement per 1,000 events; RETURNING says which were new
+            cur = self.x(f"INSERT INTO events VALUES {_values(12, len(chunk))} ON CONFLICT DO NOTHING RETURNING site, late",
+                         [v for r in chunk for v in r])
+            inserted += [(r["site"], bool(r["late"])) for r in cur.fetchall()]
         return inserted
 
     def rollback(self) -> None:
@@ -226,7 +250,7 @@ class Store:
         for r in rows:
             by_site.setdefault(r["site"], []).append((r["seq"], r["boot"]))
         moved: dict[str, tuple[int, int]] = {}
-        inserts, updates, gaps = [], [], []
+        rows, gaps = [], []
         for site in sites:
             evs = by_site.get(site, [])
             new = site not in self._acks
@@ -247,19 +271,12 @@ class Store:
                     gaps.append((site, seq + 1, e_seq - 1, now))
                 seq, boot, gap_since = e_seq, e_boot, None
             self._acks[site] = [boot, seq, gap_since]
-            (inserts if new else updates).append((site, boot, seq, gap_since) if new else (boot, seq, gap_since, site))
+            rows.append((site, boot, seq, gap_since))
             if seq != start or new:
                 moved[site] = (boot, seq)
-        cur = self.db.cursor()
-        try:
-            if inserts:
-                cur.executemany(self.d.sql("INSERT INTO acks VALUES (?,?,?,?)"), inserts)
-            if updates:
-                cur.executemany(self.d.sql("UPDATE acks SET boot = ?, seq = ?, gap_since = ? WHERE site = ?"), updates)
-            if gaps:
-                cur.executemany(self.d.sql("INSERT INTO accepted_gaps VALUES (?,?,?,?)"), gaps)
-        finally:
-            cur.close()
+        self._upsert("INSERT INTO acks VALUES {} ON CONFLICT (site) DO UPDATE SET boot = excluded.boot, "
+                     "seq = excluded.seq, gap_since = excluded.gap_since", rows)
+        self._upsert("INSERT INTO accepted_gaps VALUES {}", gaps)
         return moved
 
     def gaps(self, site: str) -> list[dict]:
@@ -305,15 +322,9 @@ class Store:
 
     # ------------------------------------------------------------------ offices, alarms -------
     def save_offices(self, states: dict[str, dict]) -> None:
-        """Many at once (one executemany: pipelined on PostgreSQL)."""
-        if not states:
-            return
-        cur = self.db.cursor()
-        try:
-            cur.executemany(self.d.sql("INSERT INTO offices VALUES (?, ?) ON CONFLICT (site) DO UPDATE SET state = excluded.state"),
-                            [(site, json.dumps(st)) for site, st in states.items()])
-        finally:
-            cur.close()
+        """Many at once (one statement per 1,000 offices)."""
+        self._upsert("INSERT INTO offices VALUES {} ON CONFLICT (site) DO UPDATE SET state = excluded.state",
+                     [(site, json.dumps(st)) for site, st in states.items()])
 
     def save_office(self, site: str, state: dict) -> None:
         self.x("INSERT INTO offices VALUES (?, ?) ON CONFLICT (site) DO UPDATE SET state = excluded.state", (site, json.dumps(state)))
