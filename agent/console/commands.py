@@ -296,14 +296,22 @@ def _need(ctx: Ctx, what: Any, key: str) -> Any:
 
 def _ups(ctx: Ctx, p: Parsed) -> Reply:
     ups = _need(ctx, ctx.svc.ups, "no_ups")
-    r = ups.last_reading()
+    r, frame = ups.last_reading(), ups.last_frame()
+    age = None if frame is None else max(0.0, ups.monotonic() - frame.at)
     st = {"link_up": ups.state.up, "reason": ups.state.reason, "protocol": ups.protocol(),
-          "reading": r.to_nut() if r else None, "commands": ups.supported_commands()}
+          "reading": r.to_nut() if r else None, "commands": ups.supported_commands(),
+          "raw_frame": None if frame is None else {"age_s": round(age, 1), "error": frame.error, "text": frame.text()}}
     if p.as_json:
         return Reply(json.dumps(st, sort_keys=True))
     head = f"link {'up' if st['link_up'] else 'DOWN'}  protocol {st['protocol'] or '?'}" + (
         "" if st["link_up"] else f"  ({st['reason'] or 'no reply yet'})")
-    return Reply("\n".join([head] + [f"  {k}: {v}" for k, v in (st["reading"] or {}).items()]))
+    lines = [head] + [f"  {k}: {v}" for k, v in (st["reading"] or {}).items()]
+    if frame is None:
+        lines.append(ctx.t("ups_no_frame"))
+    else:
+        lines.append(ctx.t("ups_frame", s=f"{age:.0f}") + (f" ({frame.error})" if frame.error else ""))
+        lines += [f"  {ln}" for ln in frame.text().splitlines()]
+    return Reply("\n".join(lines))
 
 
 def _ups_cmd(name: str | None) -> Callable[[Ctx, Parsed], Reply]:

@@ -123,6 +123,8 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "color_set": ("colour {v}", "warna {v}"),
     # --- command replies ------------------------------------------------------------------
     "no_ups": ("no UPS is configured (ups.enabled is false)", "tidak ada UPS (ups.enabled false)"),
+    "ups_frame": ("raw last frame from the UPS, {s} s ago:", "bingkai mentah terakhir dari UPS, {s} detik lalu:"),
+    "ups_no_frame": ("no frame from the UPS yet", "belum ada bingkai dari UPS"),
     "no_shutdown": ("the shutdown sequence is not running", "urutan shutdown tidak berjalan"),
     "no_nut": ("the NUT server is not running", "server NUT tidak berjalan"),
     "no_mqtt": ("MQTT is off (mqtt.enabled is false)", "MQTT mati (mqtt.enabled false)"),
@@ -174,7 +176,7 @@ HELP: dict[str, tuple[str, str]] = {
              "uji jalan MENIT (bawaan dari konfigurasi), PLN ada, mode AUTO; tambah on-load untuk memindah beban"),
     "test stop": ("end a test run", "akhiri uji jalan"),
     "service-done": ("restart the service interval after a generator service", "mulai ulang interval servis setelah genset diservis"),
-    "ups": ("the UPS reading and link state", "bacaan UPS dan keadaan sambungan"),
+    "ups": ("the UPS reading, link state and raw last frame", "bacaan UPS, keadaan sambungan dan bingkai mentah terakhir"),
     "ups status": ("the same as ups", "sama dengan ups"),
     "ups test": ("UPS battery test: quick, deep, SECONDS or stop (refused on battery)",
                  "uji baterai UPS: quick, deep, DETIK atau stop (ditolak saat di baterai)"),

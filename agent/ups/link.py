@@ -6,7 +6,9 @@ lock, polls status every ``poll_interval_s`` and ratings/identity at start and e
 closes the port and reopens it with back-off. Foreign exceptions stop here: the core only ever
 sees ``amf_types.UpsStatus`` and ``amf_types.ExternalAlarm("ups_link_lost")`` (raised when the port fails,
 or after ``stale_after_failures`` bad or missing replies in a row; cleared by the next good
-reply). The last good reading is kept (``last``) and is stale while the link is down.
+reply). The last good reading is kept (``last``) and is stale while the link is down. So is the
+raw last frame (:meth:`UpsLink.last_frame`: what the last status poll sent and got back, good or
+garbled, each reply cut at ``FRAME_MAX_BYTES``), for the technician's console.
 
 Facts it relies on (verified with pyserial 3.5 on ptys; tests/ups/test_ups_link.py): a hung-up pty or an
 unplugged USB adapter raises ``SerialException('device reports readiness to read but returned no
@@ -37,6 +39,8 @@ log = logging.getLogger("siaga.ups")
 REPLY_TIMEOUT_S = 1.0  # nutdrv_qx waits SER_WAIT_SEC = 1 s for a reply
 BACKOFF_MAX_S = 30.0
 COMMAND_MAX_AGE_S = 10.0  # a queued UPS command not sent by then is dropped, never sent late
+FRAME_MAX_BYTES = 128  # of each reply kept in the raw last frame (a Megatec Q1 reply is 47)
+FRAME_MAX_EXCHANGES = 16  # of one status poll kept (an APC Smart poll asks about ten questions)
 
 
 class ProtocolError(Exception):
@@ -163,6 +167,46 @@ class _Queued:
     done: Callable[[bool, str], None] | None = None  # told on the link thread: sent, or dropped and why
 
 
+@dataclass(frozen=True)
+class RawFrame:
+    """What one status poll sent and got back, as bytes (bounded), and when (the link's monotonic
+    clock). ``error`` says why the poll failed (a reply that does not parse, a port error)."""
+    at: float
+    exchanges: tuple[tuple[bytes, bytes], ...]  # (sent, received); received b"" = no reply
+    error: str | None = None
+
+    def text(self) -> str:
+        """One line per exchange, safe on a dumb terminal: ``Q1 -> (230.0 ... 00001001\\r``."""
+        return "\n".join(f"{_show(sent)} -> {_show(got) if got else '(no reply)'}" for sent, got in self.exchanges)
+
+
+def _show(b: bytes) -> str:
+    return "".join(chr(c) if 32 <= c < 127 and c != 92 else {13: "\\r", 10: "\\n", 92: "\\\\"}.get(c, f"\\x{c:02x}")
+                   for c in b)
+
+
+class _Tap:
+    """The port as a protocol's poll sees it, noting each command written and reply read (bounded)."""
+
+    def __init__(self, port) -> None:
+        self.port = port
+        self.exchanges: list[tuple[bytes, bytes]] = []
+
+    def write(self, data: bytes):
+        if len(self.exchanges) < FRAME_MAX_EXCHANGES:
+            self.exchanges.append((bytes(data[:FRAME_MAX_BYTES]), b""))
+        return self.port.write(data)
+
+    def read_until(self, *a, **kw) -> bytes:
+        got = self.port.read_until(*a, **kw)
+        if self.exchanges and not self.exchanges[-1][1]:
+            self.exchanges[-1] = (self.exchanges[-1][0], bytes(got[:FRAME_MAX_BYTES]))
+        return got
+
+    def __getattr__(self, name: str):
+        return getattr(self.port, name)
+
+
 class UpsLink:
     """Owns the port. ``start()`` runs the poll thread; ``poll_once`` is for tests.
 
@@ -192,8 +236,9 @@ class UpsLink:
         self.proto: Megatec | ApcSmart | None = None
         self.state = LinkState()
         self.last: codec.Reading | None = None
+        self._frame: RawFrame | None = None  # the raw last status poll; written by the link thread only
         self.fsd = False  # shown in ups.status; set by the core's sink
-        self._lock = threading.Lock()  # guards `last` for readers on other threads
+        self._lock = threading.Lock()  # guards `last` and `_frame` for readers on other threads
         self._cmds: queue.SimpleQueue = queue.SimpleQueue()
         self._next_open = 0.0
         self._backoff = poll_interval_s
@@ -238,6 +283,11 @@ class UpsLink:
     def last_reading(self) -> codec.Reading | None:
         with self._lock:
             return self.last
+
+    def last_frame(self) -> RawFrame | None:
+        """The raw last status poll (None before the first); immutable, safe from any thread."""
+        with self._lock:
+            return self._frame
 
     def start(self) -> threading.Thread:
         self._thread = threading.Thread(target=self._run, name="siaga-ups", daemon=True)
@@ -285,7 +335,12 @@ class UpsLink:
             if now >= self._next_ratings:
                 self.proto.identify(self.port)
                 self._next_ratings = now + self.ratings_interval_s
-            reading, status = self.proto.poll(self.port, self.model, self.fsd)
+            tap = _Tap(self.port)
+            try:
+                reading, status = self.proto.poll(tap, self.model, self.fsd)
+            except Exception as e:
+                self._keep_frame(now, tap, f"{type(e).__name__}: {e}")
+                raise
         except ProtocolError as e:
             self._fail(f"bad reply: {e}", lost=False)
             return
@@ -295,6 +350,7 @@ class UpsLink:
             return
         with self._lock:
             self.last = reading
+            self._frame = RawFrame(now, tuple(tap.exchanges))
         self._learn(now, status, reading)
         if self.state.up is not True:
             self.post(amf_types.ExternalAlarm("ups_link_lost", False, f"{self.proto.name} replies again"))
@@ -319,6 +375,10 @@ class UpsLink:
         self.journal("ups_command_sent" if sent else "ups_command_dropped", detail if sent else dict(detail, reason=reason))
         if q.done is not None:
             q.done(sent, reason)
+
+    def _keep_frame(self, now: float, tap: _Tap, error: str) -> None:
+        with self._lock:
+            self._frame = RawFrame(now, tuple(tap.exchanges), error[:200])
 
     def _learn(self, now: float, status: amf_types.UpsStatus, reading: codec.Reading) -> None:
         episode = self.recorder.observe(now, status.on_battery, reading.battery_charge_pct, reading.load_pct)

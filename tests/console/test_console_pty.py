@@ -60,6 +60,8 @@ def test_typing_like_a_person(console_agent):
     assert term.command("lang id") == "OK: bahasa: Indonesia"
     assert "% Perintah tidak dikenal di 'gen stat'" in term.command("gen stat")
     assert "pemakaian: gen start | gen stop" in term.command("gen stat")
+    ups = term.command("ups")  # the reading and the raw last frame from the UPS (Megatec Q1 on the simulator)
+    assert "bingkai mentah terakhir dari UPS" in ups and re.search(r"\n  Q1\\r -> \(\d+\.\d ", ups), ups
 
 
 def test_gen_start_needs_enable_and_the_e_stop_wins_whatever_the_pin(console_agent):

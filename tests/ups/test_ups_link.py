@@ -8,6 +8,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -294,3 +295,37 @@ def test_the_configured_battery_span_sets_the_charge_and_an_unknown_load_counts_
     no_load = GOOD_Q1.replace(b" 021 ", b" @@@ ")
     c, runtime = charge((None, None), no_load)
     assert runtime == pytest.approx(RuntimeModel(nominal_runtime_s=600, nominal_load_pct=50).runtime_s(c, 100.0))
+
+
+# ------------------------------------------------------------------ the raw last frame -------
+def test_the_raw_last_frame_is_kept_bounded_and_readable_from_another_thread():
+    plant = Plant()
+    with UpsSimulator(plant.ups_reading, protocol="megatec") as sim:  # over a real pty
+        link = UpsLink(sim.port, "megatec", lambda e: None)
+        assert link.last_frame() is None
+        link.poll_once()
+        link._close()
+    frame = link.last_frame()
+    assert frame.error is None and len(frame.exchanges) == 1
+    sent, got = frame.exchanges[0]
+    assert sent == codec.Q1 and got.startswith(b"(") and got.endswith(b"\r")
+    assert frame.text() == f"Q1\\r -> {got[:-1].decode()}\\r"
+
+    garbled = b"(230.1 \x00\xff" + b"9" * 300 + b"\r"  # noise, and longer than any reply
+    t = [0.0]
+    link = UpsLink("fake://", "megatec", lambda e: None, opener=lambda url, baud: FakePort([GOOD_F, b"", GOOD_Q1, garbled]),
+                   monotonic=lambda: t[0])
+    link.poll_once()
+    good = link.last_frame()
+    assert good.exchanges == ((codec.Q1, GOOD_Q1),) and good.at == 0.0
+    t[0] = 1.0
+    seen: list = []
+    reader = threading.Thread(target=lambda: seen.extend(link.last_frame() for _ in range(2000)))
+    reader.start()  # a console reading while the link thread replaces the frame
+    link.poll_once()
+    reader.join(10)
+    assert set(seen) <= {good, link.last_frame()}  # always a whole frame, never a torn one
+    bad = link.last_frame()
+    assert bad.at == 1.0 and bad.error.startswith("ProtocolError") and link.last.input_voltage == 230.1
+    assert len(bad.exchanges[0][1]) == 128  # bounded (FRAME_MAX_BYTES)
+    assert "\\x00\\xff" in bad.text() and all(32 <= ord(ch) < 127 for ch in bad.text())  # dumb-terminal safe
