@@ -105,15 +105,20 @@ def test_gen_start_needs_enable_and_the_e_stop_wins_whatever_the_pin(console_age
     assert enables == [False, True]
 
 
+def enter_pin(term: Terminal, pin: str) -> str:
+    """``enable``, then ``pin`` at the PIN prompt; the reply."""
+    term.type("enable\r")
+    term.expect("PIN: ")
+    term.mark = len(term.seen)
+    term.type(pin + "\r")
+    return term.prompts(1)
+
+
 def test_five_wrong_pins_lock_enable_and_the_lockout_survives_reconnecting(console_agent):
     agent, term = console_agent
     term.start_session()
     for i in range(5):
-        term.type("enable\r")
-        term.expect("PIN: ")
-        term.mark = len(term.seen)
-        term.type(f"99{i}\r")
-        out = term.prompts(1)
+        out = enter_pin(term, f"99{i}")
     assert "wrong PIN: enable is locked for 60 s" in out
     assert "enable is locked for" in term.command("enable")  # not even asked for the PIN
 
@@ -127,6 +132,27 @@ def test_five_wrong_pins_lock_enable_and_the_lockout_survives_reconnecting(conso
     assert "PIN: " not in reply
     locked = [r for r in agent.journal() if r["name"] == "console_enable_locked"]
     assert locked and locked[0]["detail"] == {"source": "console", "for_s": 60}
+
+
+def test_the_pin_lockout_survives_restarting_the_agent(console_agent):
+    """Guessing the PIN four tries at a time with a restart in between gains nothing: the count and
+    the lock are in the agent's store (a SIGKILL, then a clean restart)."""
+    agent, term = console_agent
+    term.start_session()
+    for i in range(4):
+        assert f"wrong PIN ({4 - i} more before enable is locked)" in enter_pin(term, f"98{i}")
+    agent.until("four wrong PINs journalled",
+                lambda: len([r for r in agent.journal() if r["name"] == "console_enable"]) == 4, 30)
+    agent.kill()
+    agent.start()
+    term.start_session()
+    assert "wrong PIN: enable is locked for 60 s" in enter_pin(term, "9999")  # the fifth, across the kill
+    agent.until("the lock journalled", lambda: [r for r in agent.journal() if r["name"] == "console_enable_locked"], 30)
+    agent.stop()
+    agent.start()
+    term.start_session()
+    reply = term.command("enable")
+    assert "enable is locked for" in reply and "PIN: " not in reply  # not even asked, after a restart
 
 
 def test_a_pulled_cable_ends_the_session_and_privilege(console_agent):

@@ -78,3 +78,25 @@ def test_the_pin_lockout_grows():
     clock.t += 120
     assert g.attempt("4321", HASH) == ("ok", 0)
     assert [g.attempt("0", HASH)[0] for _ in range(5)][-1] == "locked" and g.locked_for() == 60  # reset by the right PIN
+
+
+def test_the_pin_lockout_is_handed_over_to_the_next_guard():
+    """What a restart does (the real one: test_console_pty.py): a new guard from what the old saved."""
+    clock, saved = Clock(), []
+    g = PinGuard(clock, save=saved.append)
+    assert [g.attempt("0", HASH)[0] for _ in range(4)] == ["wrong"] * 4
+    assert saved[-1] == {"failures": 4, "lockouts": 0, "locked_for_s": 0.0}
+    later = Clock()
+    later.t = 5.0  # a new process: another monotonic clock
+    g2 = PinGuard(later, saved=saved[-1], save=saved.append)
+    assert g2.attempt("0", HASH) == ("locked", 0) and g2.locked_for() == 60  # the 5th try, across the restart
+    later.t += 20
+    g3 = PinGuard(later, saved=g2.state())
+    assert g3.locked_for() == 40 and g3.attempt("4321", HASH) == ("still_locked", 0)
+    later.t += 40
+    assert g3.attempt("0", HASH)[0] == "locked" and g3.locked_for() == 120  # it grows on across restarts
+    assert g3.attempt("4321", HASH) == ("still_locked", 0)
+    for junk in ("unreadable", {"failures": -1, "lockouts": 0, "locked_for_s": 0}, {"failures": 1},
+                 {"failures": 0, "lockouts": 0, "locked_for_s": float("inf")}, [1, 2, 3]):
+        assert PinGuard(clock, saved=junk).locked_for() == 3600  # unknown: locked, the safe side
+    assert PinGuard(clock, saved={"failures": 0, "lockouts": 0, "locked_for_s": 10**9}).locked_for() == 3600
