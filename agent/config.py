@@ -351,6 +351,10 @@ class ConsoleConfig(_Model):
 class StorageConfig(_Model):
     path: str = Field("/var/lib/siaga/siaga.db", min_length=1)
     synchronous: Literal["full", "normal"] = "full"
+    # The local journal keeps at most this many rows (about 200 bytes each); the oldest are
+    # deleted hourly, in small batches. Delivery to the coordinator does not depend on it (the
+    # outbox is its own table).
+    journal_keep_rows: int = Field(500_000, ge=1000, le=50_000_000)
 
 
 class SimulationConfig(_Model):  # plant parameters for hardware: simulated

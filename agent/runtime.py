@@ -165,7 +165,7 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     factory = make_pin_factory("mock" if simulated else cfg.gpio.pin_factory)
     pins = Pins(cfg.gpio, factory, crank_cutoff_s=CRANK_CUTOFF_S)
     core = Core(amf_settings(cfg), store, pins, MonotonicClock(), SystemWall(cfg.site.timezone),
-                resample_s=cfg.gpio.resample_interval_s)
+                resample_s=cfg.gpio.resample_interval_s, journal_keep_rows=cfg.storage.journal_keep_rows)
     for sig in (signal.SIGTERM, signal.SIGINT):  # before boot: a stop during boot is queued too
         signal.signal(sig, lambda *_: core.stop())
     extra: list[amf_types.Effect] = []

@@ -36,6 +36,7 @@ from agent.console import i18n
 from agent.console.i18n import t
 from agent.control import amf_types
 from agent.control.core import Call, CommandRequest, Record
+from agent.control.store import StoreError, read_journal_tail
 
 log = logging.getLogger("siaga.console")
 
@@ -230,7 +231,11 @@ def _status(ctx: Ctx, p: Parsed) -> Reply:
 
 def _events(ctx: Ctx, p: Parsed) -> Reply:
     n = p.args.get("N", 20)
-    recs, tz = ask(ctx, lambda c: (c.store.journal(max(0, c.store.last_seq() - n)), getattr(c.wall, "tz", None)))
+    core = ctx.svc.core
+    try:  # off the core, on a read-only connection of its own (store.read_journal_tail)
+        recs, tz = read_journal_tail(core.store.path, n), getattr(core.wall, "tz", None)
+    except StoreError:  # a store in memory (the disk failed at start): only the core reads it
+        recs, tz = ask(ctx, lambda c: (c.store.journal(max(0, c.store.last_seq() - n)), getattr(c.wall, "tz", None)))
     if p.as_json:
         return Reply(json.dumps([r.__dict__ for r in recs]))
     if ctx.session.source == "console":  # 80 columns: short time, details as key=value

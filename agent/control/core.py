@@ -43,6 +43,11 @@ RECORD_BATCH = 500
 # retrying thousands of held entries on each commit kept a full SD card busy and the core too
 # slow to answer `ctl status` for minutes.
 STORE_RETRY_S = 5.0
+# The journal is pruned to ``journal_keep_rows`` (storage.journal_keep_rows) this often, in
+# batches of PRUNE_BATCH rows a PRUNE_BREATH_S apart, so no one transaction holds the core long.
+PRUNE_EVERY_S = 3600.0
+PRUNE_BATCH = 2000
+PRUNE_BREATH_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,9 +102,10 @@ def journal_entry(effect: amf_types.Effect, t_mono: float, ts_wall: float, synce
 class Core:
     def __init__(self, settings: amf_types.Settings, store: Store, pins, clock, wall, *,
                  resample_s: float | None = 5.0, wall_every_s: float | None = 60.0,
-                 snapshot_every_s: float | None = 60.0) -> None:
+                 snapshot_every_s: float | None = 60.0, journal_keep_rows: int | None = None) -> None:
         self.settings, self.store, self.pins, self.clock, self.wall = settings, store, pins, clock, wall
         self.resample_s, self.wall_every_s, self.snapshot_every_s = resample_s, wall_every_s, snapshot_every_s
+        self.journal_keep_rows = journal_keep_rows  # None: never pruned (tests, simulation)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.sinks: list[Sink] = []
         # Run inside the commit's transaction with the new records (the MQTT outbox): a record
@@ -140,6 +146,8 @@ class Core:
         for job, every in (("resample", self.resample_s), ("wall", self.wall_every_s), ("snapshot", self.snapshot_every_s)):
             if every:
                 self._due[job] = now + every
+        if self.journal_keep_rows is not None:
+            self._due["prune"] = now + PRUNE_BREATH_S  # soon after start: a journal left too long
 
     def next_wakeup(self) -> float | None:
         times = [t for t in [self.controller.next_deadline() if self.controller else None, *self._due.values()] if t is not None]
@@ -282,6 +290,8 @@ class Core:
         if self._due.get("store_retry", now + 1) <= now:
             del self._due["store_retry"]  # _write sets the next one if this try fails too
             self._commit([], now, force=True)  # held entries reach the disk without waiting for news
+        if self._due.get("prune", now + 1) <= now:
+            self._prune(now)
         if self._due.get("snapshot", now + 1) <= now:
             self._due["snapshot"] = now + (self.snapshot_every_s or 0)
             self._commit([], now, force=True)  # run hours move on even when nothing happens
@@ -300,6 +310,18 @@ class Core:
         else:
             records = self._write(entries, snap, now)
         self._after_commit(records, fx)
+
+    def _prune(self, now: float) -> None:
+        """One batch of the journal's pruning; the next batch a breath later while rows are over
+        ``journal_keep_rows``, else the next round in PRUNE_EVERY_S."""
+        try:
+            deleted = self.store.prune_journal(self.journal_keep_rows or 0, max_delete=PRUNE_BATCH)
+        except Exception as e:  # a full disk, say: the store's own retry handles the journal
+            log.warning("journal prune failed: %s", e)
+            deleted = 0
+        self._due["prune"] = now + (PRUNE_BREATH_S if deleted >= PRUNE_BATCH else PRUNE_EVERY_S)
+        if deleted:
+            log.info("journal pruned: %d oldest rows deleted (keep %d)", deleted, self.journal_keep_rows)
 
     def _hold(self, entries: list[JournalEntry]) -> None:
         if len(entries) > MAX_UNSAVED:

@@ -390,9 +390,10 @@ class Store:
         return rows[0][0] if rows else 0
 
     def prune_journal(self, keep_rows: int = DEFAULT_JOURNAL_KEEP_ROWS,
-                      protect_from_seq: int | None = None) -> int:
+                      protect_from_seq: int | None = None, max_delete: int | None = None) -> int:
         """Delete the oldest rows so at most ``keep_rows`` remain, but never a row whose
-        seq >= ``protect_from_seq``. Returns how many rows were deleted."""
+        seq >= ``protect_from_seq``, and at most ``max_delete`` rows in this call (a short
+        transaction: the core prunes in batches). Returns how many rows were deleted."""
         if keep_rows < 0:
             raise StoreError(f"keep_rows must be >= 0, not {keep_rows}")
         with self.transaction() as conn:
@@ -403,6 +404,10 @@ class Store:
             cutoff = row[0] + 1  # delete seq < cutoff: the (keep_rows+1)-th newest and older
             if protect_from_seq is not None:
                 cutoff = min(cutoff, protect_from_seq)
+            if max_delete is not None:
+                nth = conn.execute("SELECT seq FROM journal ORDER BY seq LIMIT 1 OFFSET ?", (max_delete,)).fetchone()
+                if nth is not None:
+                    cutoff = min(cutoff, nth[0])
             return conn.execute("DELETE FROM journal WHERE seq < ?", (cutoff,)).rowcount
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -410,3 +415,24 @@ class Store:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as e:
             raise StoreError(f"store read failed: {e}") from e
+
+
+def read_journal_tail(path: str, n: int) -> list[JournalRecord]:
+    """The last ``n`` journal records, oldest first, read from ``path`` on a read-only connection
+    of its own: for any thread but the core (``siaga ctl journal``). With WAL a reader neither
+    waits for nor holds back the core's commits (a 150k-row read on the core kept a crank relay
+    closed 7.75 s). Raises StoreError if the file cannot be read."""
+    if path == ":memory:":
+        raise StoreError("the store is in memory: only the core can read it")
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            rows = conn.execute(
+                "SELECT seq, id, boot, kind, name, detail, t_mono, ts_wall, clock_synced"
+                " FROM journal ORDER BY seq DESC LIMIT ?", (max(0, n),)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot read the journal in {path}: {e}") from e
+    return [JournalRecord(seq, id_, boot, kind, name, json.loads(detail), t_mono, ts_wall, bool(synced))
+            for seq, id_, boot, kind, name, detail, t_mono, ts_wall, synced in reversed(rows)]

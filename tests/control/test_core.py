@@ -382,13 +382,8 @@ def test_call_runs_in_queue_order_and_a_failing_call_is_answered(tmp_path, facto
     assert rig.state is amf_types.State.MAINS_FAILING
 
 
-def test_call_runs_on_the_core_thread(tmp_path, factory):
-    """The production shape: the store opened, booted and run on one core thread; the GPIO
-    callback (here: the test thread driving the pin) and the caller only post."""
-    site = parse_config(SITE_YAML)
-    pins = Pins(site.gpio, factory)
-    mains = factory.pin(site.gpio.inputs.mains.pin)
-    mains.drive_low()  # mains present
+def core_on_its_thread(tmp_path, site, pins) -> tuple[Core, threading.Thread]:
+    """The production shape: the store opened, booted and run on one core thread."""
     clock = FakeClock(T0)
     ready, box = threading.Event(), {}
 
@@ -406,7 +401,17 @@ def test_call_runs_on_the_core_thread(tmp_path, factory):
     t = threading.Thread(target=core_thread, name="siaga-core", daemon=True)
     t.start()
     assert ready.wait(10)
-    core = box["core"]
+    return box["core"], t
+
+
+def test_call_runs_on_the_core_thread(tmp_path, factory):
+    """The production shape: the store opened, booted and run on one core thread; the GPIO
+    callback (here: the test thread driving the pin) and the caller only post."""
+    site = parse_config(SITE_YAML)
+    pins = Pins(site.gpio, factory)
+    mains = factory.pin(site.gpio.inputs.mains.pin)
+    mains.drive_low()  # mains present
+    core, t = core_on_its_thread(tmp_path, site, pins)
     replies: queue.SimpleQueue = queue.SimpleQueue()
     mains.drive_high()  # the edge, posted from this thread
     core.post(Call(lambda c: (threading.current_thread().name, c, c.controller.state), replies.put))
@@ -645,3 +650,49 @@ def test_a_failed_store_is_retried_on_a_schedule_not_at_every_event(tmp_path, fa
     assert rig.core.storage_ok and rig.core.status()["unsaved_journal"] == 0
     logins = [r.detail["i"] for r in rig.store.journal(before) if r.name == "nut_login"]
     assert logins == list(range(200))
+
+
+def test_the_journal_is_pruned_on_a_schedule_in_small_batches(tmp_path, factory):
+    """Issue 15 item 4: ``prune_journal`` had no caller. The core prunes to
+    ``storage.journal_keep_rows`` soon after start and then hourly, at most PRUNE_BATCH rows a
+    transaction, a breath apart."""
+    from agent.control import core as core_mod
+    from agent.control.core import Record
+
+    rig = Rig(tmp_path / "s.db", factory, PRESENT)
+    rig.core.journal_keep_rows = 100
+    rig.boot()
+    for i in range(5000):
+        rig.core.post(Record("flood", {"i": i}))
+    rig.core.drain()
+    total = rig.store.journal_count()
+    assert total > 5000
+    last = rig.store.last_seq()
+    rig.clock.set(rig.clock.now + core_mod.PRUNE_BREATH_S)
+    rig.core.drain()
+    assert rig.store.journal_count() == total - core_mod.PRUNE_BATCH  # one batch, not all at once
+    rig.at(rig.clock.now + 10 * core_mod.PRUNE_BREATH_S)
+    assert rig.store.journal_count() <= 100 + 10  # the newest kept (plus this while's records)
+    assert rig.store.journal(last - 1)[-1].seq == last  # the newest rows are the ones kept
+    assert rig.core.next_wakeup() is not None
+
+
+def test_journal_reads_go_off_the_core(tmp_path, factory):
+    """Issue 15 item 4: `siaga ctl journal N` ran its SELECT on the core. Now it reads the file on
+    a read-only connection of its own: it answers while the core is busy with something else."""
+    from agent.console import commands
+
+    site = parse_config(SITE_YAML)
+    core, t = core_on_its_thread(tmp_path, site, Pins(site.gpio, factory))
+    gate = threading.Event()
+    core.post(Call(lambda c: gate.wait(60)))  # the core is busy (a long commit, say)
+    svc = commands.Services(core=core, reply_timeout_s=1.0)
+    session = commands.Session("ctl", privileged=True)
+    try:
+        reply = commands.run(svc, session, "journal 5 --json")
+        recs = __import__("json").loads(reply.text)
+        assert "boot" in [r["name"] for r in recs] and [r["seq"] for r in recs] == sorted(r["seq"] for r in recs)
+    finally:
+        gate.set()
+        core.stop()
+        t.join(10)

@@ -253,6 +253,21 @@ def test_prune_keeps_newest_and_respects_protect_from_seq(tmp_path):
         assert [r.seq for r in s.journal(since_seq=20)] == [21]
 
 
+def test_prune_in_batches_and_the_read_only_journal_tail(tmp_path):
+    from agent.control.store import read_journal_tail
+
+    with Store.open(tmp_path / "s.db") as s:
+        s.commit([entry(str(i)) for i in range(1, 21)])
+        assert s.prune_journal(keep_rows=5, max_delete=4) == 4
+        assert [r.seq for r in s.journal()][:1] == [5]
+        tail = read_journal_tail(str(tmp_path / "s.db"), 3)  # its own read-only connection
+        assert [r.seq for r in tail] == [18, 19, 20] and tail[-1].name == "20"
+        with pytest.raises(StoreError, match="in memory"):
+            read_journal_tail(":memory:", 3)
+        with pytest.raises(StoreError, match="cannot read the journal"):
+            read_journal_tail(str(tmp_path / "none.db"), 3)
+
+
 def test_journal_since_and_limit(tmp_path):
     with Store.open(tmp_path / "s.db") as s:
         s.commit([entry(str(i)) for i in range(10)])
