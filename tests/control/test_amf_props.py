@@ -10,6 +10,7 @@ by the harness after every handle(); the attempt count and the relay logic here.
 from __future__ import annotations
 
 import json
+import math
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from agent.control.amf_types import (
     EXTERNAL_ALARMS,
     INPUT_NAMES,
     Command,
+    CommandResult,
     Confirm,
     ExerciseSettings,
     ExternalAlarm,
@@ -226,3 +228,49 @@ def test_random_outages_with_a_plausible_plant(s, steps):
             sim.inputs(engine_running=False, gen_running=False)  # a genset stops without the relay
         counter.feed(sim)
         check_outputs(sim)
+
+
+# --- the command path, fuzzed (issue 15 item 3) --------------------------------------------
+# A 400-digit duration_s once raised OverflowError in the controller's command path and the agent
+# exited. Whatever a console, `siaga ctl` or an MQTT request can hand the controller, in whatever
+# state it is in, it answers with one CommandResult and keeps the safety properties.
+ODD_NUMBERS = st.sampled_from([10 ** 400, -10 ** 400, 2 ** 63, -1, 0, 1e308, -1e308, 5e-324,
+                               float("inf"), float("-inf"), float("nan"), 0.5, 86400 * 365 * 100])
+plain = (st.none() | st.booleans() | st.integers() | ODD_NUMBERS | st.floats()
+         | st.text(max_size=12) | st.sampled_from(["AUTO", "MANUAL", "OFF", "e_stop", "fail_to_start"]))
+values = st.recursive(plain, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                      max_leaves=6)
+arg_names = st.sampled_from(["duration_s", "on_load", "mode", "alarm", "type", "x", ""]) | st.text(max_size=8)
+known_names = st.sampled_from(["test_start", "test_stop", "set_mode", "ack", "start", "stop", "service_done",
+                                "ups_test", "rebirth"])
+fuzzed_commands = st.one_of(
+    st.builds(Command, known_names,  # well-formed names and argument names, odd values
+              st.dictionaries(st.sampled_from(["duration_s", "on_load", "mode", "alarm"]), plain | values, max_size=2),
+              st.sampled_from(["console", "ctl", "mqtt"])),
+    st.builds(Command, known_names | st.text(max_size=20), st.dictionaries(arg_names, values, max_size=4) | values,
+              st.sampled_from(["console", "ctl", "mqtt", "x"]), st.none() | st.text(max_size=40)))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(valid_settings(), st.lists(actions, max_size=30), st.lists(fuzzed_commands, min_size=1, max_size=8))
+def test_any_command_in_any_state_is_answered_never_raised(s, acts, cmds):
+    sim = Sim(s, now=1000.0)
+    for kind, arg in acts:  # somewhere in the state space first
+        if kind == "event":
+            sim.post(arg)
+        elif kind == "events":
+            for e in arg:
+                sim.post(e)
+        elif kind == "advance":
+            sim.advance(arg)
+        elif kind == "deadline" and (nd := sim.c.next_deadline()) is not None:
+            sim.advance_to(nd)
+    for cmd in cmds:
+        fx = sim.post(cmd)  # raising here is the bug
+        results = [e for e in fx if isinstance(e, CommandResult)]
+        assert len(results) == 1 and isinstance(results[0].ok, bool) and isinstance(results[0].message, str), fx
+        json.dumps(results[0].message)
+        check_outputs(sim)
+        nd = sim.c.next_deadline()
+        assert nd is None or math.isfinite(nd)
+        sim.advance(1.0)

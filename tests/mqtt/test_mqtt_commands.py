@@ -134,3 +134,24 @@ def test_refusal_limiter() -> None:
     assert [lim.allow(0.0)[0] for _ in range(5)] == [True, True, True, False, False]
     assert lim.allow(61.0) == (True, 2)  # the next one journalled says how many were not
     assert lim.allow(62.0) == (True, 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests, st.sampled_from(["idle", "outage", "manual"]))
+def test_any_request_parse_accepts_is_answered_by_the_controller(data: dict, where: str) -> None:
+    """Issue 15 item 3: the command path end to end, parse() then the controller (the real one,
+    pure): whatever parse() lets through is answered with one result, never an exception."""
+    from agent.control.amf_types import Command, CommandResult, Input
+    from amf_harness import Sim, quick
+
+    p = parse(json.dumps(data).encode())
+    if p.request is None or p.request.name in ("ups_test", "rebirth"):  # those go to the UPS link, the MQTT link
+        return
+    sim = Sim(quick(), now=1000.0)
+    if where == "outage":
+        sim.post(Input("mains", False))
+        sim.advance(30.0)
+    elif where == "manual":
+        sim.cmd("set_mode", mode="MANUAL")
+    fx = sim.post(Command(p.request.name, dict(p.request.args), source="mqtt", cmd_id=p.cmd_id))
+    assert len([e for e in fx if isinstance(e, CommandResult)]) == 1
