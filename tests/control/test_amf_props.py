@@ -175,26 +175,32 @@ def restart(sim: Sim) -> Sim:
     return new
 
 
+def play(sim: Sim, kind: str, arg) -> Sim:
+    """One of ``actions`` on ``sim``; the Sim after it (a new one after a restart)."""
+    if kind == "event":
+        sim.post(arg)
+    elif kind == "events":
+        for e in arg:
+            sim.post(e)
+    elif kind == "advance":
+        sim.advance(arg)
+        sim.post(Tick())
+    elif kind == "deadline":
+        nd = sim.c.next_deadline()
+        if nd is not None:
+            sim.advance_to(nd)
+    else:
+        sim = restart(sim)
+    return sim
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(valid_settings(), st.lists(actions, min_size=10, max_size=120))
 def test_random_event_sequences_keep_the_safety_properties(s, acts):
     sim = Sim(s, now=1000.0)
     counter = AttemptCounter(s.crank_attempts)
     for kind, arg in acts:
-        if kind == "event":
-            sim.post(arg)
-        elif kind == "events":
-            for e in arg:
-                sim.post(e)
-        elif kind == "advance":
-            sim.advance(arg)
-            sim.post(Tick())
-        elif kind == "deadline":
-            nd = sim.c.next_deadline()
-            if nd is not None:
-                sim.advance_to(nd)
-        else:
-            sim = restart(sim)
+        sim = play(sim, kind, arg)
         counter.feed(sim)
         check_outputs(sim)
 
@@ -256,15 +262,7 @@ fuzzed_commands = st.one_of(
 def test_any_command_in_any_state_is_answered_never_raised(s, acts, cmds):
     sim = Sim(s, now=1000.0)
     for kind, arg in acts:  # somewhere in the state space first
-        if kind == "event":
-            sim.post(arg)
-        elif kind == "events":
-            for e in arg:
-                sim.post(e)
-        elif kind == "advance":
-            sim.advance(arg)
-        elif kind == "deadline" and (nd := sim.c.next_deadline()) is not None:
-            sim.advance_to(nd)
+        sim = play(sim, kind, arg)
     for cmd in cmds:
         fx = sim.post(cmd)  # raising here is the bug
         results = [e for e in fx if isinstance(e, CommandResult)]
