@@ -18,6 +18,7 @@ import yaml
 
 from agent import wire
 from agent.control.core import Record
+from agent.mqtt.commands import REMOTE_MODE_REFUSAL
 from mosquitto_helpers import Broker, TlsFiles, start_broker
 from mqtt_rig import SITE, AgentRig, Subscriber
 
@@ -307,6 +308,32 @@ def test_controller_refusal_gives_ok_false_and_changes_nothing(broker, rig_facto
     r = result(sub, command(sub, "start"))  # not on the allow-list at all
     assert r["ok"] is False and r["code"] == "not_allowed"
     assert rig.status()["state"] == "LOCKOUT"
+
+
+def test_remote_manual_or_off_is_refused_and_the_running_generator_is_untouched(broker, rig_factory, sub_factory):
+    """MANUAL and OFF switch automatic start off: decided on site, never over MQTT. Sent during an
+    outage with the generator carrying the load, each gets a clear refusal and nothing moves."""
+    rig = rig_factory(broker)
+    wait_connected(rig)
+    sub = sub_factory(broker, [f"siaga/{SITE}/res/#"])
+    rig.drive("mains", False)
+    end = time.monotonic() + 30
+    while not rig.status()["outputs"]["start"]:
+        assert time.monotonic() < end, rig.status()
+        time.sleep(0.05)
+    rig.drive("gen_running", True)
+    while rig.status()["state"] not in ("WARMING_UP", "ON_GENERATOR"):
+        assert time.monotonic() < end + 30, rig.status()
+        time.sleep(0.05)
+    seq0 = rig.status()["last_seq"]
+    for mode in ("MANUAL", "OFF", "off"):
+        r = result(sub, command(sub, "set_mode", {"mode": mode}))
+        assert r["ok"] is False and r["code"] == "not_allowed" and r["message"] == REMOTE_MODE_REFUSAL, r
+        st = rig.status()
+        assert st["mode"] == "AUTO" and st["outputs"]["start"] is True, st  # the start relay stays closed
+    new = rig.journal(seq0)
+    assert not [r for r in new if r.kind == "command"]  # the controller never saw them
+    assert [r.detail["code"] for r in new if r.name == "mqtt_command_refused"] == ["not_allowed"] * 3
 
 
 def test_duplicate_delivered_twice_runs_once(broker, rig_factory, sub_factory):
