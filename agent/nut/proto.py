@@ -88,14 +88,27 @@ CMD_DESC = {  # NUT's cmdvartab, for GET CMDDESC (upscmd -l)
     "test.battery.start.deep": "Start a deep battery test",
     "test.battery.stop": "Stop the battery test",
 }
-VAR_DESC = {
-    "ups.status": "UPS status",
+VAR_DESC = {  # NUT 2.8.0's cmdvartab (VARDESC) for every variable this server shows that it describes
     "battery.charge": "Battery charge (percent of full)",
     "battery.runtime": "Battery runtime (seconds)",
     "battery.voltage": "Battery voltage (V)",
+    "battery.voltage.nominal": "Nominal battery voltage (V)",
+    "driver.name": "Driver name",
+    "input.current.nominal": "Nominal input current (A)",
+    "input.frequency": "Input line frequency (Hz)",
+    "input.frequency.nominal": "Nominal input line frequency (Hz)",
     "input.voltage": "Input voltage (V)",
+    "input.voltage.nominal": "Nominal input voltage (V)",
     "output.voltage": "Output voltage (V)",
+    "ups.alarm": "UPS alarms",
+    "ups.beeper.status": "UPS beeper status",
+    "ups.firmware": "UPS firmware",
     "ups.load": "Load on UPS (percent of full)",
+    "ups.mfr": "UPS manufacturer",
+    "ups.model": "UPS model",
+    "ups.status": "UPS status",
+    "ups.temperature": "UPS temperature (degrees C)",
+    "ups.type": "UPS type",
 }
 
 

@@ -20,6 +20,7 @@ from agent.nut import server as nut_server
 from agent.cli import main as cli_main
 from agent.config import ConsoleConfig, NutConfig, NutUser
 from agent.nut.server import NutData, NutServer
+from agent.ups.codec import _NUT_KEYS
 from nut_helpers import (UPSCMD, DummyUpsd, Upsmon, parse_vars, require_nut, require_nut_clients,
                          run_upsc)
 
@@ -317,6 +318,10 @@ REF_SESSIONS = [
      "GET VAR ups ups.status", "LOGOUT"],
     ["USERNAME mon", "PASSWORD monpass", "FSD nosuch", "FSD ups ups", "FSD ups", "GET VAR ups ups.status",
      "LIST VAR ups", "LOGOUT"],
+    # GET DESC of every variable this server can show (issue 15 item 8: 12 of them were
+    # "Description unavailable" where upsd describes them from cmdvartab)
+    [f"GET DESC ups {name}" for name in sorted({n for _, n, _ in _NUT_KEYS} | {"device.type", "driver.name", "ups.mfr", "ups.model"})]
+    + ["LOGOUT"],
 ]
 
 
