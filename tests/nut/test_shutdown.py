@@ -406,3 +406,20 @@ def test_known_clients_unseen_for_weeks_are_forgotten(rig):
     r = rig(known={"old@10.0.0.9": 1e9 - 15 * 86400, "bad": "x", "server1@127.0.0.1": 1e9 - 60})
     assert r.seq.expected == {"server1@127.0.0.1"}
     assert "not back since the restart: server1@127.0.0.1" in r.seq.dry_run()
+
+
+def test_clear_fsd_answers_once_the_clients_see_it_cleared(rig):
+    """Issue 15 item 8: `ctl shutdown clear-fsd` said OK 0.05-0.3 s before the clients saw it."""
+    r = rig()
+    other = Client(r.port, "server1")
+    r.seq.start()  # its own thread, as in the agent
+    try:
+        for _ in range(5):
+            r.nut.set_fsd(True)  # as a primary's `FSD ups` does
+            assert other.status().startswith('VAR ups ups.status "FSD')
+            ok, msg = r.seq.clear_client_fsd()
+            assert ok and msg == "FSD cleared toward all NUT clients"
+            assert other.status() == 'VAR ups ups.status "OL"'  # at once, no wait
+    finally:
+        r.seq.stop()
+        other.close()
