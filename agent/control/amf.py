@@ -126,6 +126,14 @@ class Controller:
             if event.synced and not self.counters["last_exercise_wall"]:
                 # First synced clock after install: the first exercise falls one interval later.
                 self.counters["last_exercise_wall"] = event.epoch_s
+            if event.synced:
+                # A wall time stored while a bad NTP server had the clock ahead would keep every
+                # exercise back until real time caught up with it: count from now instead.
+                for key in ("last_exercise_wall", "last_run_end_wall"):
+                    if self.counters[key] > event.epoch_s + HOUR_S:
+                        fx.append(Note("stored_time_in_future", {"counter": key, "stored": self.counters[key],
+                                                                 "now": event.epoch_s}))
+                        self.counters[key] = event.epoch_s
             fx += self.alarms.set("clock_unsynced", not event.synced)
         elif isinstance(event, Command):
             self._on_command(event, now, fx)

@@ -1630,3 +1630,20 @@ def test_ups_link_lost_on_line_with_the_generator_carrying_raises_no_fsd():
     sim.until_state(S.ON_GENERATOR)
     sim.advance(3600.0)
     assert sim.state is S.ON_GENERATOR and not sim.c.fsd
+
+
+def test_a_clock_that_jumped_ahead_and_came_back_does_not_suppress_exercises():
+    """Issue 15 item 8: a bad NTP jump forward stored a wall time years ahead as the last
+    exercise; once the clock was right again no exercise ran until real time caught up."""
+    sim = exercise_sim(interval_days=7.0, hour_local=10, skip_if_ran_within_days=0.0)
+    sim.post(WallClock(JAN1, synced=True, utc_offset_s=WIB))
+    _exercise_runs(sim, 1)
+    real = lambda: JAN1 + (sim.now - 100.0)  # noqa: E731
+    sim.post(WallClock(real() + 2 * 365 * DAY_S, synced=True, utc_offset_s=WIB))  # the bad jump
+    _exercise_runs(sim, 2)  # an exercise runs in the wrong time and is stored with it
+    assert sim.c.counters["last_exercise_wall"] > real() + 365 * DAY_S
+    sim.post(WallClock(real(), synced=True, utc_offset_s=WIB))  # NTP right again
+    assert [n.detail["counter"] for n in sim.notes("stored_time_in_future")] == ["last_exercise_wall", "last_run_end_wall"]
+    before = len(sim.entered(S.START_DELAY))
+    _exercise_runs(sim, 15)
+    assert len(sim.entered(S.START_DELAY)) - before == 2  # a week after the correction, and the next
