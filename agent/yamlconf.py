@@ -89,6 +89,35 @@ def _index(node: yaml.Node, loc: Loc, lines: dict[Loc, int], dups: list[Problem]
             _index(item, sub, lines, dups, seen)
 
 
+MAX_EXPANDED_NODES = 1_000_000  # values after aliases are expanded: "billion laughs" is refused
+
+
+class _Expansion(ValueError):
+    def __init__(self, node: yaml.Node, why: str) -> None:
+        super().__init__(why)
+        self.line = node.start_mark.line + 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded (each node counted
+    once, so this is cheap); raises _Expansion (at the node's line) past MAX_EXPANDED_NODES or for a self-reference."""
+    known = memo.get(id(node))
+    if known is not None:
+        if known < 0:
+            raise _Expansion(node, "an alias refers to the value it is part of")
+        return known
+    memo[id(node)] = -1
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(item, memo) for item in node.value)
+    if total > MAX_EXPANDED_NODES:
+        raise _Expansion(node, f"this expands to more than {MAX_EXPANDED_NODES:,} values through aliases (*name)")
+    memo[id(node)] = total
+    return total
+
+
 def line(lines: dict[Loc, int], loc: tuple) -> int | None:
     """The line of ``loc`` (a pydantic error location), or of its nearest parent."""
     key = tuple(str(s) for s in loc)
@@ -116,6 +145,10 @@ def read_yaml(text: str, source: str = "<string>",
         try:
             node = loader.get_single_node()
             if node is not None:
+                try:
+                    _expanded_size(node, {})
+                except _Expansion as e:
+                    raise ConfigError([Problem("", e.line, f"refused: {e}")], source) from None
                 _index(node, (), lines, dups, set())
             if dups:
                 raise ConfigError(dups, source)

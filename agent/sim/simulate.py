@@ -110,6 +110,9 @@ class ScenarioEvent(BaseModel):
         return _check_plant(v)
 
 
+MAX_EVENTS = 200_000  # events of one scenario once repeats are expanded
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -120,6 +123,16 @@ class Scenario(BaseModel):
     start_wall: datetime = datetime.fromisoformat("2026-01-05T08:00:00+07:00")
     plant: dict[str, Any] = Field(default_factory=dict)  # PlantParams fields
     events: list[ScenarioEvent] = Field(default_factory=list)
+
+    @field_validator("events")
+    @classmethod
+    def _events_bounded(cls, v: list[ScenarioEvent]) -> list[ScenarioEvent]:
+        # Aliases (*name) and repeat: can make a few lines stand for millions of events, which
+        # ended in a MemoryError: a clear limit instead, at the `events:` line.
+        total = sum(e.repeat.count if e.repeat else 1 for e in v)
+        if total > MAX_EVENTS:
+            raise ValueError(f"the events expand to {total:,} (each repeat counted); at most {MAX_EVENTS:,}")
+        return v
 
     @field_validator("plant")
     @classmethod

@@ -234,6 +234,13 @@ BAD = {
                        "/nonexistent/site.yaml does not exist"),
     "yaml-syntax": (f"name: x\nconfig: {SITE}\nduration_s: 100\nevents:\n  - {{at_s: 10, mains: 'off'\n",
                     None, None, "YAML syntax error"),
+    # issue 15 item 8: these ended in a MemoryError traceback
+    "alias-bomb": (f"name: x\nconfig: {SITE}\nduration_s: 100\noverrides:\n  a: &a [1,1,1,1,1,1,1,1,1,1]\n"
+                   + "".join(f"  b{i}: &b{i} [{','.join([f'*b{i - 1}' if i > 1 else '*a'] * 10)}]\n" for i in range(1, 9)),
+                   None, None, "expands to more than 1,000,000 values through aliases"),
+    "events-expanding-to-millions": (f"name: x\nconfig: {SITE}\nduration_s: 100\nevents:\n"
+                                     "  - &e {at_s: 1, mains: 'off', repeat: {count: 100000, every_s: 0.001}}\n"
+                                     + "  - *e\n" * 500, 4, "events", "the events expand to 50,100,000"),
 }
 
 
