@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     user_arguments(zsub.add_parser("user", help="operator accounts: add, passwd, disable, enable, token, list"))
 
+    d = sub.add_parser("demo", help="the whole system on this machine (broker, simulated offices, coordinator, "
+                       "dashboard, public page) playing the founding story")
+    d.add_argument("--fast", action="store_true", help="play the story in about a minute")
+    d.add_argument("--keep", action="store_true", help="leave the fleet running after the story (Ctrl-C stops it)")
+    d.add_argument("--port", type=int, default=8080, metavar="N",
+                   help="the coordinator's web address 127.0.0.1:N (default 8080; 0: any free port)")
+    d.add_argument("--keep-state", action="store_true", help="keep the state directory (configs, logs, stores)")
+
     w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
     w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
 
@@ -108,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         from central.main import main as central_main
 
         return central_main(args.config, args.log_level)
+    if args.cmd == "demo":
+        from agent.demo.main import main as demo_main
+
+        return demo_main(fast=args.fast, keep=args.keep, port=args.port, keep_state=args.keep_state)
     if args.cmd == "wire-schema":
         from agent.wire import schema_main
 

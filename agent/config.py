@@ -363,6 +363,10 @@ class SimulationConfig(_Model):  # plant parameters for hardware: simulated
     ups_runtime_s_at_load: float = Field(3600.0, gt=0)  # battery runtime at load_pct
     load_pct: float = Field(40.0, ge=0, le=100)
     fuel_h: Seconds = 24.0  # hours of fuel in the simulated tank
+    # the protected servers: how long their OS takes to halt once told (FSD) and to boot (siaga
+    # demo shortens both so that its story fits in a minute)
+    servers_shutdown_s: Seconds = 120.0
+    servers_boot_s: Seconds = 180.0
 
 
 class SiteConfig(_Model):

@@ -37,7 +37,8 @@ def plant_params(site: config.SiteConfig, overrides: dict[str, Any] | None = Non
                 ats_mode="controlled" if site.gpio.outputs.transfer else "automatic",
                 start_s=sim.gen_start_s, fails_to_start=sim.gen_fails_to_start,
                 capacity_s_at_load=sim.ups_runtime_s_at_load, ref_load_pct=sim.load_pct,
-                load_pct=sim.load_pct, fuel_h=sim.fuel_h)
+                load_pct=sim.load_pct, fuel_h=sim.fuel_h, shutdown_s=sim.servers_shutdown_s,
+                boot_s=sim.servers_boot_s)
     return PlantParams(**(base | (overrides or {})))
 
 

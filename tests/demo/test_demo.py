@@ -1,0 +1,226 @@
+"""Must show (issue 14 item 1): ``siaga demo --fast`` end to end, as a newcomer runs it: a real
+Mosquitto with the deploy config, five real ``siaga run`` offices, the real ``siaga central``.
+
+While the demo plays, the test watches the coordinator's API on its own (never trusting the demo's
+printout) and records each checkpoint of the story when it sees it: Sambas's generator carrying the
+load, FSD at Sambas, the advisory sending Sambas's public to Singkawang, everything recovered, the
+national notice. The demo must finish by itself, say so, and leave nothing behind: every process
+it started (seen in the process table while it ran) is gone, and its state directory is removed.
+Ctrl-C (SIGINT) in the middle of the story stops everything too. Bad environments (the port in
+use, no mosquitto) are clear errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from mosquitto_helpers import require_mosquitto
+from nut_helpers import free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+STATE_RE = re.compile(r"state and logs in (\S+?):")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc: parent links)."""
+    parent: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out.update(kids)
+        todo += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Demo:
+    """``siaga demo`` as a process: its output read line by line, its process tree sampled."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "demo", "--port", str(self.port), *args],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines: list[str] = []
+        self.seen_pids: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def sample_children(self) -> None:
+        self.seen_pids |= descendants(self.proc.pid)
+
+    def state_dir(self) -> Path | None:
+        m = STATE_RE.search(self.output)
+        return Path(m.group(1)) if m else None
+
+    def get(self, path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+            return json.loads(r.read().decode())
+
+    def wait_line(self, text: str, timeout: float) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.sample_children()
+            if any(text in line for line in self.lines):
+                return
+            assert self.proc.poll() is None, f"the demo exited ({self.proc.returncode}):\n{self.output}"
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not printed within {timeout} s:\n{self.output}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for pid in self.seen_pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def watch(demo: Demo, seen: dict[str, float], stop: threading.Event) -> None:
+    """Poll the coordinator's API; record (first time seen) each checkpoint of the story."""
+    t0 = time.monotonic()
+    while not stop.is_set():
+        demo.sample_children()
+        try:
+            fleet = {o["site"]: o for o in demo.get("/api/fleet")["offices"]}
+            advs = demo.get("/api/advisories")
+        except (OSError, ValueError):
+            time.sleep(0.2)
+            continue
+        now = time.monotonic() - t0
+        sambas = fleet.get("sambas") or {}
+        facts = {
+            "generator_on_load": sambas.get("load_on") == "generator"
+            and (sambas.get("generator") or {}).get("state") == "ON_GENERATOR",
+            "fsd": sambas.get("servers") == "halted",
+            # Sambas not serving because of its FSD, every service of it pointing at Singkawang first
+            "advisory": bool(svc := advs["advisories"].get("sambas", {}).get("services")) and all(
+                s["status"] == "not_serving" and "FSD" in s["reason"] and s["alternatives"][0]["site"] == "singkawang"
+                for s in svc.values()),
+            "recovered": "fsd" in seen and len(fleet) == 5 and all(
+                o["online"] and o["load_on"] == "mains" and o["servers"] == "up" and
+                "gen_failed_while_running" not in o["alarms_active"] for o in fleet.values())
+            and all(a["status"] == "serving" for a in advs["advisories"].values()),
+            "national_notice": "passport_issuance" in [x["service"] for x in advs["national"]["unavailable_everywhere"]]
+            and "interview_biometrics" in [x["service"] for x in advs["national"]["still_available"]],
+        }
+        for name, ok in facts.items():
+            if ok and name not in seen:
+                seen[name] = now
+        time.sleep(0.25)
+
+
+def test_demo_fast_plays_the_story_and_leaves_nothing_behind() -> None:
+    require_mosquitto()
+    demo = Demo("--fast")
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch, args=(demo, seen, stop), daemon=True)
+    watcher.start()
+    try:
+        try:
+            rc = demo.proc.wait(timeout=170)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"siaga demo --fast did not finish within 170 s:\n{demo.output}") from None
+        stop.set()
+        watcher.join(5)
+        demo._reader.join(5)
+        out = demo.output
+        assert rc == 0, out
+        assert "The story is over" in out and "all 6 checkpoints reached" in out, out
+        # the story's checkpoints, as the coordinator's API showed them, in the story's order
+        order = ["generator_on_load", "fsd", "advisory", "recovered", "national_notice"]
+        assert [n for n in order if n in seen] == order, (seen, out)
+        assert [seen[n] for n in order] == sorted(seen[n] for n in order), seen
+        for text in ("Singkawang", "Passport issuance", "Interview & biometrics", "JSON API:"):
+            assert text in out
+        # nothing left behind: the broker, the coordinator and the five offices were seen, and are gone
+        names = out
+        assert len(demo.seen_pids) >= 7, (demo.seen_pids, names)
+        left = [p for p in demo.seen_pids if alive(p)]
+        assert left == [], f"processes left behind: {left}"
+        state = demo.state_dir()
+        assert state is not None and not state.exists(), (state, out)
+    finally:
+        stop.set()
+        demo.kill()
+
+
+def test_ctrl_c_stops_every_process_and_removes_the_state() -> None:
+    require_mosquitto()
+    demo = Demo("--fast")
+    try:
+        demo.wait_line("1. Sambas: mains fails", 120)
+        demo.sample_children()
+        assert len(demo.seen_pids) >= 7, demo.seen_pids
+        state = demo.state_dir()
+        assert state is not None and state.exists()
+        demo.proc.send_signal(signal.SIGINT)  # what the terminal sends to the demo on Ctrl-C
+        assert demo.proc.wait(timeout=60) == 128 + signal.SIGINT
+        demo._reader.join(5)
+        assert "SIGINT: stopping every process the demo started" in demo.output
+        assert "Every process the demo started has stopped." in demo.output
+        assert [p for p in demo.seen_pids if alive(p)] == []
+        assert not state.exists()
+    finally:
+        demo.kill()
+
+
+def test_port_in_use_is_a_clear_error_and_starts_nothing() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        got = subprocess.run([sys.executable, "-m", "agent.cli", "demo", "--fast", "--port", str(port)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1
+    assert f"127.0.0.1:{port} (the coordinator's web address) is in use" in got.stderr
+    assert "--port N" in got.stderr and "siaga-demo-" not in got.stdout
+
+
+def test_no_mosquitto_is_a_clear_error(monkeypatch) -> None:
+    from agent.demo import broker
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setattr(broker, "CANDIDATES", ("/nonexistent/mosquitto",))
+    with pytest.raises(broker.BrokerSetupError, match="mosquitto is not installed.*apt-get install mosquitto"):
+        broker.find_mosquitto()
