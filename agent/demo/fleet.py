@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
+import subprocess
 import sys
 import time
 import urllib.error
@@ -78,16 +80,29 @@ def claim_port(port: int, what: str, flag: str) -> int:
 
 
 class Api:
-    """The coordinator's JSON API, read as a browser would."""
+    """The coordinator's JSON API, with the demo operator's API token (as a script would use it)."""
 
     def __init__(self, port: int) -> None:
         self.base = f"http://127.0.0.1:{port}"
+        self.token: str | None = None
+
+    def _request(self, path: str, body: dict | None = None) -> urllib.request.Request:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return urllib.request.Request(self.base + path, headers=headers, method="GET" if body is None else "POST",
+                                      data=None if body is None else json.dumps(body).encode())
 
     def get(self, path: str, timeout: float = 10.0) -> Any:
-        with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
+        with urllib.request.urlopen(self._request(path), timeout=timeout) as r:
             return json.loads(r.read().decode())
 
+    def text(self, path: str, timeout: float = 10.0) -> str:
+        with urllib.request.urlopen(self._request(path), timeout=timeout) as r:
+            return r.read().decode()
+
     def status(self, path: str, timeout: float = 10.0) -> int:
+        """The status of a page as a browser without a session sees it (redirects followed)."""
         try:
             with urllib.request.urlopen(self.base + path, timeout=timeout) as r:
                 return r.status
@@ -95,9 +110,7 @@ class Api:
             return e.code
 
     def post(self, path: str, body: dict, timeout: float = 10.0) -> Any:
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(self._request(path, body), timeout=timeout) as r:
             return json.loads(r.read().decode())
 
 
@@ -155,6 +168,20 @@ class Fleet:
                                          server_cert=ca.server_cert, server_key=ca.server_key,
                                          plain_port=self.plain_port, tls_port=self.tls_port)
         self.central_conf = self._central_config(central.bundle / provision.PASSWORD_NAME)
+        self._operator()
+
+    def _operator(self) -> None:
+        """The demo operator's account (`siaga central user add`, as a central team makes one) and
+        an API token for the story's own reads and commands."""
+        self.login = ("demo", secrets.token_urlsafe(9))
+        base = [sys.executable, "-m", "agent.cli", "central", "user"]
+        for what, argv, stdin in (("add the demo operator", ["add", "demo", "--role", "operator"], self.login[1] + "\n"),
+                                  ("make its API token", ["token", "demo", "--label", "siaga demo"], "")):
+            got = subprocess.run(base + argv + ["--config", str(self.central_conf)], input=stdin, text=True,
+                                 capture_output=True, cwd=self.root, timeout=120)
+            if got.returncode != 0:
+                raise DemoError(f"siaga central user {argv[0]}: could not {what}:\n{got.stderr.strip()}")
+        self.api.token = got.stdout.strip()
 
     def _office_config(self, office: Office, mqtt: dict) -> None:
         cfg = yaml.safe_load(SITE_TEMPLATE.read_text())

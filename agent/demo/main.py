@@ -42,6 +42,7 @@ def _addresses(fleet: Fleet) -> list[tuple[str, str]]:
         except OSError:
             pass
     out.append(("JSON API", base + "/api/fleet"))
+    out.append(("Login", f"{fleet.login[0]} / {fleet.login[1]}  (an operator of every region)"))
     return out
 
 

@@ -8,6 +8,8 @@ and the public advice change. Nothing here decides anything: the agents and the 
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,17 +135,20 @@ class Story:
         self.act(2, "Sambas: the generator stops by itself (a clogged fuel filter).")
         self.sim(HERO, "gen", "fail")
         self.wait("FSD at Sambas", lambda: self.office()["servers"] == "halted", self.hero_line)
-        rt = (self.office().get("ups") or {}).get("runtime_s")
-        margin = self.fleet.shutdown_margin_s
-        self.say(f"   the UPS had {_mmss(rt) if rt is not None else '?'} left, under the office's shutdown margin "
-                 f"({_mmss(margin)}: the time its servers and UPS need to stop cleanly; these demo UPSes are "
-                 "tiny): Siaga raised FSD on its NUT server, the servers shut down")
+        self.say(f"   the UPS runtime reached the office's shutdown margin ({_mmss(self.fleet.shutdown_margin_s)}: "
+                 "what its servers and UPS need to stop cleanly; the demo's UPSes are tiny): Siaga raised FSD "
+                 "on its NUT server and the servers shut down")
         self.wait("the servers halted", lambda: self.world()["servers"] in ("HALTED", "UNPOWERED"))
         self.checkpoint("fsd", "the servers were shut down cleanly (FSD) while the battery still held")
 
         refuge = self.wait("the advisory for Sambas", self._advisory_to_refuge)
+        sms = self.wait("the public page's advice for Sambas",
+                        lambda: refuge["name"] in (t := self.api.text(f"/public/office/{HERO}/sms.txt?lang=en")) and t)
         self.checkpoint("advisory", f"the public page sends people for Sambas to {refuge['name']} "
-                                    f"({refuge['distance_km']:g} km)")
+                                    f"({refuge['distance_km']:g} km): {self.api.base}/public/office/{HERO}?lang=en")
+        for line in sms.splitlines():
+            if refuge["name"] in line:
+                self.say(f"     \"{line}\"", stamp=False)
         w = self.wait("the UPS output cut", lambda: (w := self.world())["ups"]["output_on"] is False and w)
         if w["hard_power_losses"]:
             raise DemoError(f"the servers lost power before they had halted: {w}")
@@ -166,10 +171,15 @@ class Story:
         self.act(4, "The national application service goes down, for every office at once.")
         self.fleet.national.set_up(False)
         notice = self.wait("the national notice", self._national_notice, self._national_line)
-        gone = ", ".join(x["label"] for x in notice["unavailable_everywhere"])
-        still = ", ".join(f"{x['label']} ({x['offices_serving']} offices)" for x in notice["still_available"])
-        self.checkpoint("national_notice", f"the public page says: not available anywhere: {gone}; "
-                                           f"still available: {still}")
+        said = self.wait("the national notice on the public page", lambda: public_notices(
+            self.api.text("/public/?lang=en")))
+        still = ", ".join(f"{x['label']} (at {x['offices_serving']} of {x['offices_offering']} offices)"
+                          for x in notice["still_available"])
+        self.checkpoint("national_notice", f"the public page says what no office can do, and what still works: "
+                                           f"{self.api.base}/public/?lang=en")
+        for line in said:
+            self.say(f"     \"{line}\"", stamp=False)
+        self.say(f"     still available: {still}", stamp=False)
         self.hold("the public page's national notice")
 
     # ---- checkpoint conditions (all read from the coordinator's API) -------------------------
@@ -197,14 +207,14 @@ class Story:
     def _acknowledge(self) -> None:
         """The operator, from the coordinator: the site's lockout is acknowledged by a command (the
         agent's own safety still decides), and the central alarm by an acknowledgement."""
-        body = {"sites": [HERO], "name": "ack", "args": {"alarm": GEN_ALARM}, "operator": "demo",
+        body = {"sites": [HERO], "name": "ack", "args": {"alarm": GEN_ALARM},
                 "reason": "generator repaired on site (fuel filter replaced)", "expiry_s": 120}
         cid = self.api.post("/api/commands", body)["commands"][0]["id"]
         done = self.wait("the acknowledgement command's result",
                          lambda: (c := self.api.get(f"/api/commands/{cid}"))["status"] != "sent" and c)
         self.say(f"   the operator's command `ack {GEN_ALARM}` reached {HERO}: {done['status']}")
         try:
-            self.api.post(f"/api/alarms/{HERO}/{GEN_ALARM}/ack", {"operator": "demo", "note": "fuel filter replaced"})
+            self.api.post(f"/api/alarms/{HERO}/{GEN_ALARM}/ack", {"note": "fuel filter replaced"})
         except OSError:  # already acknowledged through the site: nothing to add
             pass
 
@@ -232,6 +242,12 @@ class Story:
     def _national_line(self) -> str:
         down = [o["site"] for o in self._fleet() if not (o["national_service"] or {}).get("reachable", True)]
         return f"offices that cannot reach the national service: {len(down)} of {len(self.fleet.offices)}"
+
+
+def public_notices(page: str) -> list[str]:
+    """The notices at the top of a public page, as plain text."""
+    return [html.unescape(re.sub(r"<[^>]+>", "", m)).strip()
+            for m in re.findall(r'<div class="notice"[^>]*>(.*?)</div>', page, re.S)]
 
 
 def _mmss(s: float) -> str:

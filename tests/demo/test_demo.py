@@ -12,6 +12,7 @@ use, no mosquitto) are clear errors.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import os
 import re
@@ -21,11 +22,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from browser import screenshot
 from mosquitto_helpers import require_mosquitto
 from nut_helpers import free_port
 
@@ -33,6 +36,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 STATE_RE = re.compile(r"state and logs in (\S+?):")
+LOGIN_RE = re.compile(r"Login:\s+(\S+) / (\S+)")
 
 
 def descendants(pid: int) -> set[int]:
@@ -90,9 +94,30 @@ class Demo:
         m = STATE_RE.search(self.output)
         return Path(m.group(1)) if m else None
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def login(self) -> None:
+        """Log in with the login the demo printed, as a newcomer does (the login form, its CSRF
+        field, the session cookie); the API is then read with that session."""
+        m = LOGIN_RE.search(self.output)
+        assert m, self.output
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        form = self.opener.open(f"{self.base}/login", timeout=10).read().decode()
+        csrf = re.search(r'name=csrf value="([^"]+)"', form).group(1)
+        data = urllib.parse.urlencode({"username": m.group(1), "password": m.group(2), "csrf": csrf,
+                                       "next": "/api/me"}).encode()
+        me = json.loads(self.opener.open(f"{self.base}/login", data=data, timeout=10).read().decode())
+        assert me["name"] == m.group(1) and me["role"] == "operator", me
+
     def get(self, path: str):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+        with self.opener.open(self.base + path, timeout=5) as r:
             return json.loads(r.read().decode())
+
+    def text(self, path: str) -> str:
+        with urllib.request.urlopen(self.base + path, timeout=5) as r:  # public: no session
+            return r.read().decode()
 
     def wait_line(self, text: str, timeout: float) -> None:
         end = time.monotonic() + timeout
@@ -143,24 +168,44 @@ def watch(demo: Demo, seen: dict[str, float], stop: threading.Event) -> None:
             "national_notice": "passport_issuance" in [x["service"] for x in advs["national"]["unavailable_everywhere"]]
             and "interview_biometrics" in [x["service"] for x in advs["national"]["still_available"]],
         }
+        # the public page itself (as people see it: no login) for the two public checkpoints
+        try:
+            if facts["advisory"] and "advisory" not in seen:
+                facts["advisory"] = "Go to Kantor Imigrasi Kelas II TPI Singkawang" in demo.text(
+                    "/public/office/sambas/sms.txt?lang=en")
+            if facts["national_notice"] and "national_notice" not in seen:
+                facts["national_notice"] = "Passport issuance is not available at any office" in demo.text(
+                    "/public/?lang=en")
+        except OSError:
+            continue
         for name, ok in facts.items():
             if ok and name not in seen:
                 seen[name] = now
         time.sleep(0.25)
 
 
-def test_demo_fast_plays_the_story_and_leaves_nothing_behind() -> None:
+def test_demo_fast_plays_the_story_and_leaves_nothing_behind(page) -> None:
     require_mosquitto()
     demo = Demo("--fast")
     seen: dict[str, float] = {}
     stop = threading.Event()
     watcher = threading.Thread(target=watch, args=(demo, seen, stop), daemon=True)
-    watcher.start()
     try:
+        demo.wait_line("The story", 120)  # the fleet is up and the addresses are printed
+        demo.login()
+        watcher.start()
+        # one look with a real browser at the public page while it sends Sambas's public away
+        end = time.monotonic() + 120
+        while "advisory" not in seen and demo.proc.poll() is None and time.monotonic() < end:
+            time.sleep(0.2)
+        assert "advisory" in seen, demo.output
+        page.goto(f"{demo.base}/public/office/sambas?lang=en")
+        assert "Singkawang" in page.inner_text("main")
+        screenshot(page, "demo-public-office-sambas-advisory")
         try:
-            rc = demo.proc.wait(timeout=170)
+            rc = demo.proc.wait(timeout=150)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"siaga demo --fast did not finish within 170 s:\n{demo.output}") from None
+            raise AssertionError(f"siaga demo --fast did not finish in time:\n{demo.output}") from None
         stop.set()
         watcher.join(5)
         demo._reader.join(5)
@@ -171,11 +216,10 @@ def test_demo_fast_plays_the_story_and_leaves_nothing_behind() -> None:
         order = ["generator_on_load", "fsd", "advisory", "recovered", "national_notice"]
         assert [n for n in order if n in seen] == order, (seen, out)
         assert [seen[n] for n in order] == sorted(seen[n] for n in order), seen
-        for text in ("Singkawang", "Passport issuance", "Interview & biometrics", "JSON API:"):
+        for text in ("Singkawang", "Passport issuance", "Interview & biometrics", "Public page:", "JSON API:"):
             assert text in out
         # nothing left behind: the broker, the coordinator and the five offices were seen, and are gone
-        names = out
-        assert len(demo.seen_pids) >= 7, (demo.seen_pids, names)
+        assert len(demo.seen_pids) >= 7, demo.seen_pids
         left = [p for p in demo.seen_pids if alive(p)]
         assert left == [], f"processes left behind: {left}"
         state = demo.state_dir()
