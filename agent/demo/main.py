@@ -7,6 +7,7 @@ coordinator, the broker), waits for them, and removes the state directory unless
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sys
@@ -49,9 +50,17 @@ def _addresses(fleet: Fleet) -> list[tuple[str, str]]:
 def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: bool = False,
          out: TextIO | None = None) -> int:
     out = out or sys.stdout
+    gone = []
 
     def say(text: str) -> None:
-        print(text, file=out, flush=True)
+        if gone:
+            return
+        try:
+            print(text, file=out, flush=True)
+        except BrokenPipeError:  # `siaga demo | head`: nobody is watching any more; stop, quietly
+            gone.append(True)
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python's own flush at exit
+            raise Stop(signal.SIGPIPE) from None
 
     def err(text: str) -> None:
         print(f"siaga demo: {text}", file=sys.stderr, flush=True)

@@ -7,17 +7,15 @@ real ``siaga run`` agents (hardware: simulated) in two regions.
 * The advisory for dark Sambas names the nearest serving office (Singkawang, on generator) with its
   distance, in the API and retained on siaga/_central/advisory/sambas.
 * A test exercise command to Samarinda (Kalimantan Timur): its result shows in the API.
-* The national service (a local HTTP server the test stops) becomes unreachable from the offices of
+* The national service (agent/sim/national.py, taken down by the test: HTTP 503) becomes unreachable from the offices of
   both regions that are still up -> ONE national incident, and no per-office pages for it; the
   national notice says passport issuance (and same-day) is given nowhere while interviews still are.
 """
 
 from __future__ import annotations
 
-import http.server as http_server
 import signal
 import subprocess
-import threading
 import sys
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent import wire
+from agent.sim.national import NationalService
 from agent_process import Agent, make_config
 from central_rig import ROOT, central_config, http, until
 from mosquitto_helpers import start_broker
@@ -38,28 +37,6 @@ SITES = {  # site id -> (region, extra simulation settings)
     "singkawang": {},
     "samarinda": {},
 }
-
-
-class National:
-    """The national application service: a local HTTP server answering 200, until stopped."""
-
-    def __init__(self) -> None:
-        class H(http_server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *a) -> None:
-                pass
-
-        self.srv = http_server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}/health"
-        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.srv.shutdown()
-        self.srv.server_close()
 
 
 def start_agent(tmp: Path, site: str, port: int, sim: dict, national_url: str | None = None,
@@ -137,7 +114,7 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
     agents: dict[str, Agent] = {}
     status_watch = Subscriber(broker.host, broker.port, [wire.status_topic("sambas")], client_id="will-watch")
     adv_watch = Subscriber(broker.host, broker.port, [wire.central_advisory_topic("sambas")], client_id="adv-watch")
-    national = National()
+    national = NationalService()  # the national application service, answering until taken down
     try:
         central = Central(cfg, api_port, tmp_path)
         for site, sim in SITES.items():
@@ -199,7 +176,7 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
         agents["samarinda"].until("the test run", lambda: agents["samarinda"].status()["reason"] == "test", timeout=30)
 
         # 5. the national service goes away: one national incident, no per-office pages
-        national.stop()
+        national.set_up(False)
         nat = until("a national incident", lambda: [i for i in central.get("/api/incidents?open=true")["incidents"]
                                                     if i["kind"] == "national_service_outage"], timeout=60)
         assert len(nat) == 1 and set(nat[0]["members"]) == {"singkawang", "samarinda"}  # sambas is dark
@@ -229,8 +206,5 @@ def test_regional_outage_dark_office_advisory_and_a_command(tmp_path: Path) -> N
             central.stop()
         status_watch.close()
         adv_watch.close()
-        try:
-            national.stop()
-        except OSError:
-            pass
+        national.close()
         broker.stop()

@@ -1,11 +1,13 @@
 """Must show (issue 14 item 1): ``siaga demo --fast`` end to end, as a newcomer runs it: a real
 Mosquitto with the deploy config, five real ``siaga run`` offices, the real ``siaga central``.
 
-While the demo plays, the test watches the coordinator's API on its own (never trusting the demo's
-printout) and records each checkpoint of the story when it sees it: Sambas's generator carrying the
-load, FSD at Sambas, the advisory sending Sambas's public to Singkawang, everything recovered, the
-national notice. The demo must finish by itself, say so, and leave nothing behind: every process
-it started (seen in the process table while it ran) is gone, and its state directory is removed.
+While the demo plays, the test logs in with the login the demo printed and watches the
+coordinator's API on its own (never trusting the demo's printout), recording each checkpoint of the
+story when it sees it: Sambas's generator carrying the load, FSD at Sambas, the advisory sending
+Sambas's public to Singkawang (also on the public page, and in a real Chromium, screenshot kept),
+everything recovered, the national notice (also on the public page). The demo must finish by
+itself, say so, and leave nothing behind: every process it started (seen in the process table
+while it ran) is gone, and its state directory is removed.
 Ctrl-C (SIGINT) in the middle of the story stops everything too. Bad environments (the port in
 use, no mosquitto) are clear errors.
 """

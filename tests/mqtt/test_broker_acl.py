@@ -29,6 +29,7 @@ import yaml
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from agent.demo.broker import render
 from agent.mqtt import provision
 from agent.cli import main as cli_main
 from agent.config import MqttConfig
@@ -616,44 +617,11 @@ def test_hash_format_is_mosquittos(tmp_path):
 # ---- the deploy config itself: production layout, persistence, limits ---------------------------
 
 def render_deploy_conf(root: Path, fleet: Fleet, plain_port: int, tls_port: int) -> Path:
-    """deploy/mosquitto/siaga.conf in a Debian-like layout under ``root`` (a main config with
-    persistence and include_dir, as /etc/mosquitto/mosquitto.conf has), with only its paths and
-    ports replaced. The broker drops root to user mosquitto, as it does in production."""
-    text = (DEPLOY / "siaga.conf").read_text()
-    etc = root / "etc"
-    (etc / "conf.d").mkdir(parents=True)
-    (etc / "certs").mkdir()
-    # the deploy ACL file itself, copied: the broker (user mosquitto) may not be able to reach
-    # the checkout (a 0700 temporary clone in CI)
-    files = {"acl": ACL, "passwd": fleet.passwd, "ca.crt": fleet.pki.ca_cert,
-             "server.crt": fleet.pki.server_cert, "server.key": fleet.pki.server_key}
-    for name, src in files.items():
-        shutil.copy2(src, etc / "certs" / name)
-    if os.geteuid() == 0:  # as docs/broker.md installs them: mosquitto reads both after
-        for name in ("passwd", "server.key"):  # dropping to its own user (verified)
-            shutil.chown(etc / "certs" / name, "root", "mosquitto")
-            os.chmod(etc / "certs" / name, 0o640)
-    subs = {"/etc/mosquitto/siaga/passwd": str(etc / "certs" / "passwd"),
-            "/etc/mosquitto/siaga/acl": str(etc / "certs" / "acl"),
-            "/etc/mosquitto/ca_certificates/siaga-ca.crt": str(etc / "certs" / "ca.crt"),
-            "/etc/mosquitto/certs/server.crt": str(etc / "certs" / "server.crt"),
-            "/etc/mosquitto/certs/server.key": str(etc / "certs" / "server.key"),
-            "\nlistener 8883\n": f"\nlistener {tls_port} 127.0.0.1\n",
-            "\nlistener 1883 127.0.0.1\n": f"\nlistener {plain_port} 127.0.0.1\n"}
-    for old, new in subs.items():
-        assert old in text, f"siaga.conf no longer has {old!r}: update this test"
-        text = text.replace(old, new)
-    (etc / "conf.d" / "siaga.conf").write_text(text)
-    data = root / "data"
-    data.mkdir()
-    main = ["persistence true", f"persistence_location {data}/", "log_dest stderr",
-            "log_type all", f"include_dir {etc / 'conf.d'}"]
-    if os.geteuid() == 0:
-        shutil.chown(data, "mosquitto")
-        for d in (root, etc, etc / "certs"):
-            os.chmod(d, 0o755)
-    (root / "mosquitto.conf").write_text("\n".join(main) + "\n")
-    return root
+    """deploy/mosquitto/siaga.conf in a Debian-like layout under ``root`` with only its paths and
+    ports replaced, by the code ``siaga demo`` uses (agent/demo/broker.py): the broker drops root to
+    user mosquitto, as it does in production. Returns the directory of its mosquitto.conf."""
+    return render(root, passwd=fleet.passwd, ca_cert=fleet.pki.ca_cert, server_cert=fleet.pki.server_cert,
+                  server_key=fleet.pki.server_key, plain_port=plain_port, tls_port=tls_port).parent
 
 
 def test_deploy_conf_keeps_office_sessions_across_a_restart(tmp_path, fleet, probes):

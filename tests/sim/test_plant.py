@@ -794,3 +794,23 @@ def test_a_world_pickled_before_these_fields_existed_still_loads():
     old.__setstate__(state)
     back = pickle.loads(pickle.dumps(old))
     assert back.inputs()["mains"] is True and back.servers_down_s == 0.0
+
+
+def test_site_simulation_section_sets_the_servers_shutdown_and_boot_times() -> None:
+    """``simulation.servers_shutdown_s`` / ``servers_boot_s`` (siaga demo shortens them) reach the plant."""
+    import yaml
+
+    from agent.config import parse_config
+    from agent.sim.world import plant_params
+    from agent_process import ROOT
+
+    site = yaml.safe_load((ROOT / "firmware_config" / "site-simulated.yaml").read_text())
+    site["simulation"].update(servers_shutdown_s=4, servers_boot_s=6)
+    p = plant_params(parse_config(yaml.safe_dump(site)))
+    assert (p.shutdown_s, p.boot_s) == (4, 6)
+    plant = Plant(p)
+    plant.set_fsd(0.0, True)
+    plant.advance(3.9)
+    assert plant.servers.state is ServerState.SHUTTING_DOWN
+    plant.advance(4.0)
+    assert plant.servers.state is ServerState.HALTED
