@@ -130,7 +130,8 @@ class ShutdownSequencer:
         return {"phase": self.phase, "reason": self.reason, "since_s": round(now - self.since, 1) if self.phase != "idle" else None,
                 "wait_left_s": round(max(0.0, self.deadline - now), 1) if self.phase in ("waiting_clients", "test") else None,
                 "test_client": self.test_user, "ups_commanded": self.ups_commanded,
-                "clients": self._clients(), "not_back_since_restart": sorted(self.expected)}
+                "clients": self._clients(), "known_clients": sorted(self.known),
+                "not_back_since_restart": sorted(self.expected)}
 
     def dry_run(self) -> str:
         """What an FSD now would do, step by step; changes nothing."""

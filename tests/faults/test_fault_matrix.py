@@ -274,3 +274,102 @@ def test_a_command_flood_and_a_malformed_command_while_mains_fails(agent_factory
     due = TIMERS["mains_fail_delay_s"] + TIMERS["start_delay_s"]
     late = start_on["t_mono"] - lost["t_mono"] - due
     assert late < 3.0, f"the start relay closed {late:.2f} s late"
+
+
+# ---- the NUT server ------------------------------------------------------------------------------
+
+class SlotAttacker:
+    """One LAN host per address in ``addresses`` (127.0.0.x: loopback answers them all), each
+    trying to hold ``per_address`` NUT connections that never log in and trickle a byte a
+    second (no complete line); every connection closed on it is opened again at once."""
+
+    def __init__(self, port: int, addresses: list[str], per_address: int) -> None:
+        self.port, self.addresses, self.per_address = port, addresses, per_address
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._host, args=(a,), daemon=True) for a in addresses]
+
+    def _host(self, addr: str) -> None:
+        import socket
+
+        conns: list = []
+        while not self.stop.is_set():
+            while len(conns) < self.per_address:
+                s = socket.socket()
+                try:
+                    s.settimeout(2)
+                    s.bind((addr, 0))
+                    s.connect(("127.0.0.1", self.port))
+                    s.setblocking(False)
+                    conns.append(s)
+                except OSError:
+                    s.close()
+                    break
+            for s in list(conns):
+                try:
+                    s.send(b"G")
+                    if s.recv(4096) == b"":
+                        raise OSError("closed")
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    s.close()
+                    conns.remove(s)
+            self.stop.wait(0.5)
+        for s in conns:
+            s.close()
+
+    def __enter__(self) -> "SlotAttacker":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(10)
+
+
+def test_a_slot_exhaustion_attacker_during_an_outage_and_a_restart_still_lets_upsmon_shut_down(tmp_path):
+    """Issue 15 item 1: eight LAN hosts try to hold every NUT slot (64) and more, through an
+    agent restart and an outage with a generator that never starts. The real upsmon logs in
+    again after the restart, gets FSD, runs its SHUTDOWNCMD, and only after it has gone is the
+    UPS told to cut its output; the refusals raise nut_clients_refused."""
+    from agent.nut.auth import hash_password
+    from agent_process import free_port
+    from nut_helpers import Upsmon
+
+    port, off_delay = free_port(), 12
+    users = [{"name": "srv", "password_hash": hash_password("srv-secret-1"), "role": "secondary"}]
+    cfg = make_config(
+        tmp_path, nut={"enabled": True, "listen": ["127.0.0.1"], "port": port, "users": users},
+        shutdown={"runtime_margin_s": 150, "max_client_wait_s": 120, "ups_shutdown_with_return": True,
+                  "ups_off_delay_s": off_delay, "ups_return_delay_s": 0},
+        ups={"critical_runtime_s": 180},
+        simulation={"gen_start_s": 3.0, "ups_runtime_s_at_load": 175, "load_pct": 40})
+    agent = Agent(cfg, tmp_path)
+    agent.start()
+    mon = Upsmon("127.0.0.1", port, "ups", "srv", "srv-secret-1", role="secondary")
+    clients = lambda: json.loads(agent.ctl("shutdown", "status", "--json"))  # noqa: E731
+    try:
+        mon.start()
+        mon.wait_logged_in()
+        agent.until("upsmon known (stored)", lambda: clients()["known_clients"] == ["srv@127.0.0.1"], 15)
+        with SlotAttacker(port, [f"127.0.0.{i}" for i in range(2, 10)], 9):
+            agent.until("every slot taken", lambda: agent.status()["alarms"].get("nut_clients_refused", {}).get("active"), 30)
+            agent.stop()  # the agent restarts while the attacker holds on
+            agent.start()
+            assert clients()["known_clients"] == ["srv@127.0.0.1"]  # remembered across the restart
+            agent.until("upsmon back after the restart", lambda: "srv@127.0.0.1" in clients()["clients"], 60)
+            assert agent.ctl("sim", "gen", "fails-to-start") == "OK"
+            assert agent.ctl("sim", "mains", "off") == "OK"
+            agent.until("upsmon ran SHUTDOWNCMD", lambda: mon.shut_down, 120)
+            agent.until("UPS commanded", lambda: "shutdown_ups_commanded" in [r["name"] for r in agent.journal()], 60)
+        rows = journal_intact(agent, tmp_path / "siaga.db")
+        names = [r["name"] for r in rows]
+        assert "shutdown_clients_gone" in names and "shutdown_client_wait_expired" not in names
+        commanded = first(rows, "info", "shutdown_ups_commanded")
+        assert mon.wait_shutdown() < commanded["ts_wall"] + off_delay  # down before the UPS cuts
+        assert any(r["name"] == "nut_refused" for r in rows) and ("alarm", "nut_clients_refused") in [(r["kind"], r["name"]) for r in rows]
+    finally:
+        mon.close()
+        agent.stop()
