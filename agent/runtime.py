@@ -24,6 +24,7 @@ from agent.nut.server import NutServer
 from agent.nut.shutdown import CLIENTS_KEY as NUT_CLIENTS_KEY, STATE_KEY as SHUTDOWN_STATE_KEY, ShutdownSequencer, nut_data
 from agent.pins import CRANK_CUTOFF_S, Pins, make_pin_factory
 from agent.probes import ProbeRunner
+from agent.sdnotify import Notifier
 from agent.sim.ups_sim import UpsSimulator
 from agent.sim.world import SimWorld
 from agent.ups.derive import RuntimeModel
@@ -210,9 +211,14 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     probes.start()
     svc.mqtt, svc.probes = mqtt, probes
     consoles = console.start(cfg, svc)
+    systemd = Notifier()  # Type=notify + WatchdogSec (deploy/systemd/siaga-agent.service)
+    if systemd.watchdog_s:
+        core.set_heartbeat(systemd.watchdog_s, systemd.watchdog)  # beats only while the core turns
+    systemd.ready(f"boot {core.boot_no}: {core.controller.state.value}")  # boot reconciled and committed
     try:
         core.run_forever()
     finally:
+        systemd.stopping()
         for con in consoles:
             con.stop()
         if mqtt:

@@ -558,6 +558,7 @@ COMMANDS: tuple[Cmd, ...] = (
     Cmd(("sim", "estop"), _sim(), (ONOFF,), sim=True),
     Cmd(("sim", "fuel"), _sim(), (Param("PCT", "num", lo=0, hi=100),), sim=True),
     Cmd(("sim", "flood"), _sim_flood, (Param("N", "int", lo=1, hi=1_000_000),), sim=True, hidden=True),
+    Cmd(("sim", "stall-core"), _sim(), (Param("SECONDS", "num", lo=0, hi=600),), sim=True, hidden=True),
     Cmd(("sim", "help"), _sim(), sim=True, hidden=True),
 )
 # ``show X``: the read-only commands again, as network gear spells them (``sh al``).

@@ -213,10 +213,11 @@ HELP: dict[str, tuple[str, str]] = {
     "sim estop": ("sim estop on|off: press or release the emergency stop", "sim estop on|off: tekan atau lepas tombol darurat"),
     "sim fuel": ("sim fuel PCT: set the tank level", "sim fuel PERSEN: isi tangki"),
     "sim flood": ("sim flood N: N journal records at once (load test)", "sim flood N: N catatan jurnal sekaligus (uji beban)"),
+    "sim stall-core": ("sim stall-core SECONDS: block the core loop (watchdog test)", "sim stall-core DETIK: hentikan loop inti (uji watchdog)"),
 }
 
 PARAM_NAMES: dict[str, tuple[str, str]] = {
-    "N": ("N", "N"), "MINUTES": ("MINUTES", "MENIT"), "ALARM": ("ALARM", "ALARM"),
+    "N": ("N", "N"), "SECONDS": ("SECONDS", "DETIK"), "MINUTES": ("MINUTES", "MENIT"), "ALARM": ("ALARM", "ALARM"),
     "SECTION": ("SECTION", "BAGIAN"), "KEY": ("KEY", "KUNCI"), "VALUE": ("VALUE", "NILAI"),
     "COMMAND": ("COMMAND", "PERINTAH"), "CLIENT": ("CLIENT", "KLIEN"), "SECONDS": ("SECONDS", "DETIK"),
     "PCT": ("PCT", "PERSEN"),

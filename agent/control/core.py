@@ -117,6 +117,8 @@ class Core:
         self._unsaved: list[JournalEntry] = []
         self._held: Any = None  # taken from the inbox while batching records; handled next
         self.storage_ok = True
+        self._heartbeat: tuple[float, Callable[[], Any]] | None = None
+        self._beat_due: float | None = None
 
     # ------------------------------------------------------------------ thread-safe ---------
     def post(self, event: Any) -> None:
@@ -149,8 +151,29 @@ class Core:
         if self.journal_keep_rows is not None:
             self._due["prune"] = now + PRUNE_BREATH_S  # soon after start: a journal left too long
 
+    def set_heartbeat(self, period_s: float, beat: Callable[[], Any]) -> None:
+        """Call ``beat`` from this loop at least every ``period_s`` (the systemd watchdog,
+        agent/sdnotify.py). Only the loop itself calls it, after handling an event, whatever the
+        event: a core stuck in one event (a hung store, a blocking bug) stops the beats, and
+        systemd restarts the agent, which then reconciles its relays at boot."""
+        self._heartbeat = (period_s, beat)
+        self._beat_due = self.clock.monotonic()
+
+    def _beat_if_due(self) -> None:
+        if self._heartbeat is None or self._beat_due is None:
+            return
+        now = self.clock.monotonic()
+        if now >= self._beat_due:
+            period, beat = self._heartbeat
+            self._beat_due = now + period
+            try:
+                beat()
+            except Exception:  # the notifier never raises; a broken one must not stop control
+                log.exception("heartbeat failed")
+
     def next_wakeup(self) -> float | None:
-        times = [t for t in [self.controller.next_deadline() if self.controller else None, *self._due.values()] if t is not None]
+        times = [t for t in [self.controller.next_deadline() if self.controller else None, *self._due.values(), self._beat_due]
+                 if t is not None]
         return min(times) if times else None
 
     def run_once(self, block: bool = True) -> bool:
@@ -166,7 +189,9 @@ class Core:
                 event = self.inbox.get(timeout=None if wake is None else max(0.0, wake - now))
         except queue.Empty:
             event = amf_types.Tick()
-        return self._dispatch(event)
+        running = self._dispatch(event)
+        self._beat_if_due()
+        return running
 
     def drain(self) -> None:
         """Tests and simulation: handle everything queued, then any deadline that has passed."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from agent import config
 from agent.control import amf_types
-from agent.control.core import Core, Record
+from agent.control.core import Call, Core, Record
 from agent.sim.plant import Plant, PlantParams
 from agent.sim.simhw import SimHardware
 from agent.sim.ups_sim import plant_command_handler
@@ -48,7 +48,8 @@ SIM_HELP = """sim commands:
   sim gen fail|refuel|fails-to-start|starts-normally
   sim estop on|off                            the e-stop button
   sim fuel PCT                                set the tank level
-  sim flood N                                 journal N records at once (MQTT outbox tests)"""
+  sim flood N                                 journal N records at once (MQTT outbox tests)
+  sim stall-core SECONDS                      block the core loop (systemd watchdog tests)"""
 
 
 class SimWorld:
@@ -183,6 +184,11 @@ class SimWorld:
             case ["flood", n] if n.isdigit():
                 for i in range(int(n)):  # from this thread, like any other poster
                     self.core.post(Record("flood", {"i": i}))
+                return "OK"
+            case ["stall-core", secs] if secs.replace(".", "", 1).isdigit() and float(secs) <= 600:
+                # A stuck core, for real: the core thread sleeps inside one event, so it stops
+                # feeding the systemd watchdog (tests/test_sdnotify.py).
+                self.core.post(Call(lambda c: time.sleep(float(secs))))
                 return "OK"
             case ["help"]:
                 return SIM_HELP
