@@ -9,11 +9,13 @@ cd "$ROOT"
 # for bench/bench_central_ingest.py), and the programs they run from them:
 # each program is checked after installing, so a missing one stops here, loudly.
 # (chromium: the browser tests drive Debian's Chromium through Playwright, never `playwright install`)
-APT_PACKAGES=(nut-server nut-client mosquitto mosquitto-clients postgresql chromium ${SIAGA_APT_PACKAGES:-})
+# (debootstrap + systemd: tests/deploy installs the Pi agent into a throwaway Debian root and has
+# systemd-analyze verify its units)
+APT_PACKAGES=(nut-server nut-client mosquitto mosquitto-clients postgresql chromium debootstrap systemd ${SIAGA_APT_PACKAGES:-})
 REQUIRED_PROGRAMS=(/lib/nut/nutdrv_qx /lib/nut/upsd /bin/upsc /bin/upscmd
                    /usr/sbin/mosquitto /usr/bin/mosquitto_passwd /usr/bin/mosquitto_sub
                    /usr/lib/postgresql/15/bin/initdb /usr/lib/postgresql/15/bin/pg_ctl
-                   /usr/bin/chromium)
+                   /usr/bin/chromium /usr/sbin/debootstrap /usr/bin/systemd-analyze /usr/sbin/chroot)
 
 apt_install() {
   local missing=()
