@@ -81,3 +81,22 @@ def test_a_bad_backup_is_refused_and_the_store_left_alone(tmp_path: Path) -> Non
     assert r.returncode == 1 and "junk.db" in r.stderr and "not a coordinator store" in r.stderr
     assert _cli(cfg, "restore", str(tmp_path / "missing.db")).stderr.strip().endswith("no such backup")
     Store(str(tmp_path / "central.db"), readonly=True).close()  # still a good store
+
+
+def test_postgres_setup_script_twice_then_the_coordinator_store(postgres) -> None:
+    """deploy/central/postgres-setup.sh against a real PostgreSQL 15: run twice (the second run
+    changes nothing), then the coordinator's store creates its tables as that role."""
+    import os
+
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(postgres.port), PGUSER="siaga")
+    script = Path(__file__).resolve().parents[2] / "deploy/central/postgres-setup.sh"
+    for _ in range(2):
+        r = subprocess.run([str(script), "siaga_central", "siaga_setup"], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and "ready" in r.stdout, r.stderr
+    bad = subprocess.run([str(script), "Robert'); DROP"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    s = Store(f"postgresql://siaga_central@127.0.0.1:{postgres.port}/siaga_setup")
+    try:
+        assert s.count_events() == 0
+    finally:
+        s.close()

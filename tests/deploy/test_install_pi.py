@@ -127,6 +127,14 @@ def test_install_twice_verify_and_uninstall(target: Path) -> None:
         assert line in unit
     verify = run("systemd-analyze", "verify", f"--root={target}", f"/etc/systemd/system/{UNIT}", check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
+    # the central units too (same program, /opt/siaga/venv, in this root)
+    central = ["siaga-central.service", "siaga-central-backup.service", "siaga-central-backup.timer"]
+    for u in central:
+        shutil.copy(REPO / "deploy/systemd" / u, target / "etc/systemd/system" / u)
+    verify = run("systemd-analyze", "verify", f"--root={target}", *(f"/etc/systemd/system/{u}" for u in central), check=False)
+    for u in central:
+        (target / "etc/systemd/system" / u).unlink()
+    assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
     # firmware_config/pi applied: UART and watchdog, console off the UART, udev names, systemd watchdog
     config_txt = (target / "boot/firmware/config.txt").read_text()
     assert config_txt.startswith(CONFIG_TXT) and "enable_uart=1" in config_txt and "dtparam=watchdog=on" in config_txt
