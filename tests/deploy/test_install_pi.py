@@ -70,6 +70,20 @@ def _wheelhouse() -> Path:
 
 
 @pytest.fixture(scope="module")
+def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """install-pi.sh in a copy of the source (what git tracks or would track): the runs compare
+    the same source even if the checkout is edited meanwhile, and the copy is not a git checkout
+    (the script's other way of listing the files, as on a Pi given a tarball)."""
+    src = tmp_path_factory.mktemp("src") / "siaga"
+    files = run("git", "-C", REPO, "ls-files", "-z", "--cached", "--others", "--exclude-standard").stdout.split("\0")
+    for f in filter(None, files):
+        if (REPO / f).is_file():
+            (src / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, src / f)
+    return src / "deploy" / "install-pi.sh"
+
+
+@pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.fail("the installer test needs root (chroot, useradd --root, chown): run the suite as root")
@@ -104,9 +118,9 @@ def groups_of(root: Path, user: str) -> set[str]:
             if user in line.split(":")[3].split(",")}
 
 
-def test_install_twice_verify_and_uninstall(target: Path) -> None:
+def test_install_twice_verify_and_uninstall(target: Path, script: Path) -> None:
     wheels = _wheelhouse()
-    first = run(SCRIPT, "--root", target, "--wheels", wheels)
+    first = run(script, "--root", target, "--wheels", wheels)
     assert "siaga: installed" in first.stdout, first.stdout
 
     # the service user, in the device groups
@@ -145,7 +159,7 @@ def test_install_twice_verify_and_uninstall(target: Path) -> None:
 
     # a second run changes nothing, and says so
     before = snapshot(target)
-    second = run(SCRIPT, "--root", target, "--wheels", wheels)
+    second = run(script, "--root", target, "--wheels", wheels)
     assert second.stdout.strip().endswith("siaga: nothing to change"), second.stdout
     after = snapshot(target)
     assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
@@ -153,7 +167,7 @@ def test_install_twice_verify_and_uninstall(target: Path) -> None:
     # the technician's config and the journal survive an uninstall
     (target / "etc/siaga/site.yaml").write_text((target / "etc/siaga/site.yaml").read_text() + "# edited on site\n")
     (target / "var/lib/siaga/siaga.db").write_bytes(b"journal")
-    out = run(SCRIPT, "--uninstall", "--root", target).stdout
+    out = run(script, "--uninstall", "--root", target).stdout
     assert "kept /etc/siaga" in out, out
     for gone in (f"etc/systemd/system/{UNIT}", f"etc/systemd/system/multi-user.target.wants/{UNIT}", "opt/siaga",
                  "usr/local/bin/siaga", "etc/udev/rules.d/99-siaga-ups.rules",
@@ -164,16 +178,16 @@ def test_install_twice_verify_and_uninstall(target: Path) -> None:
     assert (target / "etc/siaga/site.yaml").read_text().endswith("# edited on site\n")
     assert (target / "var/lib/siaga/siaga.db").read_bytes() == b"journal"
     assert "siaga" in (target / "etc/passwd").read_text()  # owns what was kept
-    assert run(SCRIPT, "--uninstall", "--root", target).stdout.strip().endswith("nothing to remove")
+    assert run(script, "--uninstall", "--root", target).stdout.strip().endswith("nothing to remove")
 
     # --purge: the config, the journal and the user too
-    run(SCRIPT, "--uninstall", "--purge", "--root", target)
+    run(script, "--uninstall", "--purge", "--root", target)
     assert not (target / "etc/siaga").exists() and not (target / "var/lib/siaga").exists()
     assert not any(line.startswith("siaga:") for line in (target / "etc/passwd").read_text().splitlines())
 
 
 def test_bad_use_is_refused_clearly(tmp_path: Path) -> None:
-    p = run(SCRIPT, "--frobnicate", check=False)
+    p = run(SCRIPT, "--frobnicate", check=False)  # the checkout's own copy
     assert p.returncode == 2 and "unknown option '--frobnicate'" in p.stderr
     p = run(SCRIPT, "--root", tmp_path, check=False)
     assert p.returncode == 1 and "not a system root" in p.stderr
