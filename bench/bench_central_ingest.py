@@ -155,10 +155,13 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
 
     threading.Thread(target=count_sub, daemon=True).start()
 
-    def api(path: str):
+    def get(path: str) -> bytes:
         req = urllib.request.Request(f"http://127.0.0.1:{api_port}{path}", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
+            return r.read()
+
+    def api(path: str):
+        return json.loads(get(path))
 
     end = time.monotonic() + 60
     while True:
@@ -259,16 +262,14 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
             time.sleep(0.02)
 
     def lag_mean_ms() -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
+        text = get("/metrics").decode()  # /metrics needs the token too
         got = {ln.split()[0]: float(ln.split()[-1]) for ln in text.splitlines()
                if ln.startswith("siaga_central_ingest_lag_seconds_sum") or ln.startswith("siaga_central_ingest_lag_seconds_count")}
         n = got.get("siaga_central_ingest_lag_seconds_count", 0)
         return 1000 * got.get("siaga_central_ingest_lag_seconds_sum", 0) / n if n else float("nan")
 
     def coordinator_messages() -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=10) as r:
-            text = r.read().decode()
+        text = get("/metrics").decode()  # /metrics needs the token too
         total = 0.0
         for line in text.splitlines():
             if line.startswith("siaga_central_messages_total{") and ('kind="tele"' in line or 'kind="evt"' in line):
