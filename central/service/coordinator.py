@@ -67,6 +67,7 @@ class Coordinator:
         self.ticker = Ticker(self.cfg, self.rules, store, self.fleet, self.ack_book, self.adv, self.webhooks,
                              self.metrics, lambda: self.connected)
         self._next_tick = 0.0
+        self._carry: list = []  # taken from the queue, handled at the next turn
 
     # readers' views of the owners' state (read-only outside the owner thread) -------------------
     @property
@@ -119,6 +120,7 @@ class Coordinator:
                     self.metrics.dropped.labels("store_error").inc()
                     self.last_error = f"{type(e).__name__}: {e}"[:300]
                     self.ack_book.forget_batch()
+                    self._carry = [i for i in self._carry if i[0] == "call"]  # a caller waits for its answer
                     try:
                         self.store.rollback()
                     except Exception:  # noqa: BLE001
@@ -132,18 +134,41 @@ class Coordinator:
             self.ack_book.commit()
 
     def run_once(self, timeout: float) -> None:
-        try:
-            first = self.q.get(timeout=timeout)
-        except queue.Empty:
-            first = None
-        batch = [first] if first is not None else []
+        if self._carry:  # an operator's call that came in during the last tick
+            batch, self._carry = self._carry, []
+        else:
+            try:
+                batch = [self.q.get(timeout=timeout)]
+            except queue.Empty:
+                batch = []
+        t_start = time.monotonic()
+        self._take(batch, stop_at_call=False)
+        self._process(batch)
+        t_acked = time.monotonic()
+        self.metrics.queue.set(self.q.qsize())
+        if self.clock() >= self._next_tick:
+            self.tick(between=self._drain)
+        t_end = time.monotonic()
+        if t_end - t_start > 0.5:
+            log.warning("slow turn: %d messages handled, committed and acked in %.3f s, tick %.3f s; %d waiting",
+                        len(batch), t_acked - t_start, t_end - t_acked, self.q.qsize())
+
+    def _take(self, batch: list, stop_at_call: bool) -> None:
+        """Add what is queued to ``batch`` (at most BATCH_MAX in all). With ``stop_at_call`` an
+        operator's call is carried over to the next turn instead (it may tick: never inside one)."""
         while len(batch) < BATCH_MAX:
             try:
-                batch.append(self.q.get_nowait())
+                item = self.q.get_nowait()
             except queue.Empty:
-                break
+                return
+            if stop_at_call and item[0] == "call":
+                self._carry.append(item)
+                return
+            batch.append(item)
+
+    def _process(self, batch: list) -> None:
+        """Handle a batch, commit it in one transaction, then publish the acknowledgements it earned."""
         rxs = []
-        t_start = time.monotonic()
         for item in batch:
             try:
                 rx = self._handle(item)
@@ -153,21 +178,21 @@ class Coordinator:
                 continue
             if rx is not None:
                 rxs.append(rx)
-        t_handled = time.monotonic()
         if batch:
             self.ack_book.flush()  # one transaction: the batch and the acknowledgements it earned
             done = time.time()
             for rx in rxs:
                 self.metrics.lag.observe(max(0.0, done - rx))
             self.ack_book.publish()
-        t_acked = time.monotonic()
-        self.metrics.queue.set(self.q.qsize())
-        if self.clock() >= self._next_tick:
-            self.tick()
-        t_end = time.monotonic()
-        if t_end - t_start > 0.5:
-            log.warning("slow turn: %d messages handled in %.3f s, committed and acked in %.3f s, tick %.3f s; %d waiting",
-                        len(batch), t_handled - t_start, t_acked - t_handled, t_end - t_acked, self.q.qsize())
+
+    def _drain(self) -> None:
+        """What came in while the tick ran, handled between its phases (each phase has committed
+        its own writes first), so a tick over thousands of offices does not hold messages back for
+        its whole length."""
+        if not self._carry:
+            batch: list = []
+            self._take(batch, stop_at_call=True)
+            self._process(batch)
 
     def _publish_acks(self) -> None:
         self.ack_book.publish()
@@ -257,10 +282,10 @@ class Coordinator:
     def offices(self) -> dict:
         return self.fleet.offices()
 
-    def tick(self) -> None:
+    def tick(self, between: Callable[[], None] | None = None) -> None:
         now = self.clock()
         self._next_tick = now + self.cfg.tick_s
-        self.ticker.tick(now)
+        self.ticker.tick(now, between)
 
     # ------------------------------------------------------------------ operator actions (owner thread via call)
     def ack_alarm(self, site: str, kind: str, who: str, note: str) -> dict:

@@ -40,7 +40,11 @@ class Ticker:
         self._last_prune = 0.0
         self._last_save = 0.0
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, between: Callable[[], None] | None = None) -> None:
+        """One round of the rules over the fleet as it was at ``now``. ``between`` (the owner's
+        ingest of what came in meanwhile) runs between the phases, each after a commit: a tick of
+        thousands of offices holds messages back for one phase at most, not for the whole round.
+        (The phases work on the states as they were at the start: office states are immutable.)"""
         offices = self.fleet.offices()
         states = {s: self.fleet.states.get(s) or fleet.OfficeState(s) for s in offices}
         self._incidents(offices, states, now)
@@ -48,8 +52,13 @@ class Ticker:
         self._page(all_alarms, now)
         self._expire_commands(now)
         self._chores(now)
+        if between is not None:
+            self.ack_book.commit()
+            between()
         table, advs, national = self.adv.compute(offices, states, now)
         self.ack_book.commit()
+        if between is not None:
+            between()
         if self.connected():
             self.adv.publish(advs, national, now)
         self._build_snapshot(offices, states, table, advs, national, all_alarms, now)
