@@ -84,7 +84,7 @@ def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: b
         for label, url in _addresses(fleet):
             say(f"  {label + ':':13} {url}")
         say("")
-        say(f"The story ({'fast: about a minute' if fast else 'about five minutes, with time to look between acts'}"
+        say(f"The story ({'fast: about a minute' if fast else 'a few minutes, with time to look between acts'}"
             "; Ctrl-C stops everything):")
         story = Story(fleet, pace, say)
         story.play()
@@ -92,6 +92,8 @@ def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: b
         say("")
         say(f"The story is over ({int(took // 60)} min {int(took % 60):02d} s): all {len(story.reached)} "
             "checkpoints reached.")
+        if not keep:
+            say("(siaga demo --keep leaves the fleet running after the story, to look around.)")
         if keep:
             say("The fleet keeps running (--keep): the addresses above stay open; drive an office with")
             sock = fleet.offices["sambas"].sock

@@ -19,6 +19,14 @@ from agent.demo.fleet import DemoError, Fleet
 
 HERO, REFUGE = "sambas", "singkawang"  # the office of 2018, and its nearest neighbour
 GEN_ALARM = "gen_failed_while_running"
+STATE_NOTES = {  # the controller's states, said once for a newcomer (docs/amf.md has them all)
+    "MAINS_FAILING": "mains is out; Siaga waits a moment in case it is only a flicker",
+    "START_DELAY": "a last short wait before starting the generator",
+    "CRANKING": "Siaga closed the generator's start relay",
+    "WARMING_UP": "the generator runs; it warms up before it takes the load",
+    "ON_GENERATOR": "the generator is ready: the transfer switch moves the load onto it",
+    "LOCKOUT": "the generator failed: Siaga will not start it again until someone acknowledges",
+}
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,8 @@ class Story:
         self.t0 = time.monotonic()
         self.reached: list[str] = []  # checkpoint names, in order
         self.baseline: dict[str, set[str]] = {}  # site -> alarms active before the story
+        self._hero: tuple[str, float | None, str] = ("", None, "")  # last progress line of Sambas
+        self._noted: set[str] = set()
 
     # ---- output --------------------------------------------------------------------------
     def say(self, text: str, stamp: bool = True) -> None:
@@ -53,9 +63,10 @@ class Story:
         self.reached.append(name)
         self.say(f"   ✓ {text}")
 
-    def hold(self, hint: str = "") -> None:
+    def hold(self, hint: str = "", last: bool = False) -> None:
         if self.pace.hold_s >= 10 and hint:
-            self.say(f"   (look: {hint}; the story goes on in {self.pace.hold_s:g} s)")
+            self.say(f"   (look: {hint}; " + ("the story ends" if last else "the story goes on")
+                     + f" in {self.pace.hold_s:g} s)")
         end = time.monotonic() + self.pace.hold_s
         while time.monotonic() < end:
             self.fleet.check_alive()
@@ -97,18 +108,30 @@ class Story:
         return json.loads(self.fleet.offices[site].ctl("sim", "status", "--json"))
 
     def hero_line(self) -> str:
+        """Sambas as the coordinator sees it. A new line when its controller state, the load's source
+        or FSD change, or when the UPS runtime has dropped 10 s more (not for every wobble of the
+        estimate); the first time a state shows, what it means."""
         o = self.office()
         gen = (o.get("generator") or {}).get("state", "?")
-        ups = o.get("ups") or {}
-        rt = ups.get("runtime_s")
+        rt = (o.get("ups") or {}).get("runtime_s")
         parts = [f"{HERO}: controller {gen}"]
         if o["load_on"] != "unknown":
             parts.append(f"load on {o['load_on']}")
         if o.get("servers") == "halted":
             parts.append("FSD: servers told to shut down")
-        elif o["load_on"] == "battery" and rt is not None:
+        key = ", ".join(parts)
+        if o["load_on"] == "battery" and rt is not None and o.get("servers") != "halted":
+            if key == self._hero[0] and self._hero[1] is not None and rt > self._hero[1] - 10:
+                return self._hero[2]
             parts.append(f"UPS runtime {_mmss(rt)}")
-        return ", ".join(parts)
+        else:
+            rt = None
+        text = ", ".join(parts)
+        if gen in STATE_NOTES and gen not in self._noted:
+            self._noted.add(gen)
+            text += f"  ({STATE_NOTES[gen]})"
+        self._hero = (key, rt, text)
+        return text
 
     # ---- the acts ------------------------------------------------------------------------
     def play(self) -> None:
@@ -180,7 +203,7 @@ class Story:
         for line in said:
             self.say(f"     \"{line}\"", stamp=False)
         self.say(f"     still available: {still}", stamp=False)
-        self.hold("the public page's national notice")
+        self.hold("the public page's national notice", last=True)
 
     # ---- checkpoint conditions (all read from the coordinator's API) -------------------------
     def _fleet(self) -> list[dict]:
