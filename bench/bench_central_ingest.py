@@ -43,6 +43,7 @@ import yaml  # noqa: E402
 
 from agent import wire  # noqa: E402
 from benchlib import git_rev  # noqa: E402
+from central_rig import account  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 from nut_helpers import free_port  # noqa: E402
 
@@ -120,16 +121,7 @@ def main() -> int:
 
 
 def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) -> int:
-    from central import accounts
-    from central.store import Store
-
-    st = Store(store.get("url") or str(tmp / "central.db"))  # an account whose API token reads the timeline
-    user = accounts.new_user("bench", "viewer", None, "bench password", time.time())
-    token = accounts.new_token()
-    user["tokens"].append({"digest": accounts.token_digest(token), "created": time.time(), "label": "bench"})
-    st.save_user(user)
-    st.commit()
-    st.close()
+    token = account(store.get("url") or str(tmp / "central.db"), "bench", "viewer")  # an API token that reads the timeline
     log = open(tmp / "central.log", "wb")
     central = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(tmp / "central.yaml"),
                                 "--log-level", "WARNING"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

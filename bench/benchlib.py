@@ -18,3 +18,4 @@ def git_rev() -> str:
         return rev + ("+dirty(agent/)" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+

@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from central.accounts import Directory, Limiter
 from central.api import Reader, add_api
 from central.auth import AuthMiddleware, Sessions
-from central.dash.login import add_login, plain_page
+from central.dash import pages as dash_pages
+from central.dash.live import Hub
+from central.dash.login import add_login
 from central.service.coordinator import Coordinator
 from central.web.app import mount as mount_web
 
@@ -26,6 +28,10 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     read = Reader(store_path)
     add_api(app, coord, read)
     mount_web(app, coord)  # /public/... (no login) and /static/... (central/web/)
+    pages = dash_pages.make_pages("Asia/Jakarta")
+    hub = Hub(dash_pages.make_diff(pages), dash_pages.make_command_event(pages))
+    coord.listeners.append(hub.offer)
+    app.include_router(dash_pages.router(coord, read, pages, hub))
     directory = Directory(lambda: read(lambda s: s.users()))
     sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
     limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)
@@ -35,7 +41,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
 
     add_login(app, sessions=sessions, directory=directory, limiter=limiter,
               limits={"user": api.login_max_failures, "ip": api.login_max_failures_per_address},
-              audit=audit, page=plain_page)
+              audit=audit, page=dash_pages.login_page(pages))
     app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies)
-    app.state.directory, app.state.sessions, app.state.limiter = directory, sessions, limiter
+    app.state.directory, app.state.sessions, app.state.limiter, app.state.hub = directory, sessions, limiter, hub
     return app

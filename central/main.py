@@ -45,7 +45,8 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     tls = {}
     if api.tls_cert_file:
         tls = {"ssl_certfile": str(loaded.resolve(api.tls_cert_file)), "ssl_keyfile": str(loaded.resolve(api.tls_key_file))}
-    server = uvicorn.Server(uvicorn.Config(make_app(coord, store_path, session_secret=secret), host=api.host,
+    app = make_app(coord, store_path, session_secret=secret)
+    server = uvicorn.Server(uvicorn.Config(app, host=api.host,
                                            port=api.port, log_level="warning", access_log=False, **tls))
     if secret is None:
         log.warning("api.session_secret_file is not set: sessions end when the coordinator restarts")
@@ -62,5 +63,6 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     try:
         server.run()
     finally:
+        app.state.hub.stop()
         coord.stop()
     return 0

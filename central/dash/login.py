@@ -9,7 +9,7 @@ from typing import Callable
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from central.accounts import Directory, Limiter, check_password
@@ -66,19 +66,3 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
             audit(a.name, "logout", {})
         replace_session(request, sessions.new())
         return RedirectResponse("/login", 303)
-
-
-def plain_page(request: Request, error: tuple | None = None, status: int = 200, next: str = "/") -> HTMLResponse:
-    """A bare login form (the dashboard's templates replace it)."""
-    import html
-
-    msg = ""
-    if error:
-        msg = ("<p role=alert>Too many failed logins: try again in %d minutes.</p>" % error[1]
-               if error[0] == "locked" else "<p role=alert>Wrong account name or password.</p>")
-    return HTMLResponse(
-        "<!doctype html><title>Siaga</title><form method=post action=/login>" + msg +
-        f"<input type=hidden name=csrf value=\"{html.escape(session(request)['csrf'])}\">"
-        f"<input type=hidden name=next value=\"{html.escape(next)}\">"
-        "<input name=username autocomplete=username><input name=password type=password "
-        "autocomplete=current-password><button>Log in</button></form>", status_code=status)

@@ -68,6 +68,10 @@ class Coordinator:
                              self.metrics, lambda: self.connected)
         self._next_tick = 0.0
         self._carry: list = []  # taken from the queue, handled at the next turn
+        # told on this thread of every new snapshot and every command record saved (the dashboard's
+        # live updates, central/dash/live.py); a listener only stores a reference and returns
+        self.listeners: list[Callable[[str, dict], None]] = []
+        self.ticker.tell = self._tell
 
     # readers' views of the owners' state (read-only outside the owner thread) -------------------
     @property
@@ -267,6 +271,7 @@ class Coordinator:
             return
         c = cmd_rules.on_result(c, r, rx)
         self.store.save_command(c)
+        self._tell("command", c)
         self.store.audit(rx, site, "command_result", {"id": c["id"], "code": r.code, "message": r.message})
 
     def _repair_central(self, topic: str) -> None:
@@ -295,6 +300,13 @@ class Coordinator:
         self.tick()
         return a.to_dict()
 
+    def _tell(self, kind: str, item: dict) -> None:
+        for f in self.listeners:
+            try:
+                f(kind, item)
+            except Exception:  # noqa: BLE001 - a listener never stops the owner thread
+                log.exception("listener failed")
+
     def audit(self, who: str, action: str, detail: dict) -> None:
         """An entry in the central journal (e.g. logins, from the web process, via :meth:`call`)."""
         self.store.audit(self.clock(), who, action, detail)
@@ -320,6 +332,7 @@ class Coordinator:
         for c in recs:
             if self.mqtt is not None:
                 self.mqtt.command(c["site"], cmd_rules.request_payload(c), req.expiry_s)
+            self._tell("command", c)
         return recs
 
 

@@ -39,6 +39,8 @@ class Ticker:
                                          "advisories": {}, "national": {}, "connected": False}
         self._last_prune = 0.0
         self._last_save = 0.0
+        # told of every new snapshot and every command that expired (the coordinator's listeners)
+        self.tell: Callable[[str, dict], None] = lambda kind, item: None
 
     def tick(self, now: float, between: Callable[[], None] | None = None) -> None:
         """One round of the rules over the fleet as it was at ``now``. ``between`` (the owner's
@@ -100,6 +102,7 @@ class Ticker:
         for c in self.store.commands(pending_only=True, limit=10_000):
             if (done := cmd_rules.expire(c, now)) is not None:
                 self.store.save_command(done)
+                self.tell("command", done)
                 self.store.audit(now, "central", "command_no_answer", {"id": c["id"], "site": c["site"]})
 
     def _chores(self, now: float) -> None:
@@ -141,6 +144,7 @@ class Ticker:
             "incidents": [i.to_dict() for i in sorted(self.incidents.values(), key=lambda i: i.opened_at)],
             "advisories": advs, "national": national,
         }
+        self.tell("snapshot", self.snapshot)
 
     # operator actions on incidents ---------------------------------------------------------------
     def _incident(self, iid: str) -> inc_rules.Incident:

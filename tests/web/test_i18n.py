@@ -20,8 +20,9 @@ OPTIONS = {"templates/**.html": {"extensions": "jinja2.ext.i18n", "trim_blocks":
 def marked() -> set[str]:
     keywords = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None}
     out = set()
-    for _file, _line, msg, _comments, _ctx in extract_from_dir(str(WEB), METHODS, OPTIONS, keywords=keywords):
-        out.add(msg if isinstance(msg, str) else msg[0])
+    for where in (WEB, WEB.parent / "dash"):  # the shared pieces and the public pages, the dashboard
+        for _file, _line, msg, _comments, _ctx in extract_from_dir(str(where), METHODS, OPTIONS, keywords=keywords):
+            out.add(msg if isinstance(msg, str) else msg[0])
     return out
 
 
