@@ -124,7 +124,11 @@ install_all() {
   if [ -r "$(T /etc/os-release)" ] && ! grep -q '^VERSION_CODENAME=bookworm' "$(T /etc/os-release)"; then
     echo "siaga: warning: not Bookworm ($(. "$(T /etc/os-release)"; echo "${PRETTY_NAME:-?}")); carrying on" >&2
   fi
-  in_target python3 -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || {
+  local pyok='import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))'
+  if ! in_target python3 -c "$pyok" 2>/dev/null && [ "$ROOT" = / ]; then  # Lite images lack python3-venv
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv && did "apt: python3-venv"
+  fi
+  in_target python3 -c "$pyok" 2>/dev/null || {
     echo "siaga: the target needs Python >= 3.11 with venv: apt-get install python3-venv" >&2; exit 1; }
 
   # the user, in the device groups it needs (gpio exists on Raspberry Pi OS; made here elsewhere)
