@@ -66,6 +66,13 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: what the coordinator costs, whatever else
+    runs on the machine (its delays are not: they grow with the machine's load)."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -271,7 +278,7 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
     watchers = [threading.Thread(target=watch_store, daemon=True), threading.Thread(target=watch_api, daemon=True)]
     for w in watchers:
         w.start()
-    m0, s0, t0 = coordinator_messages(), sub_count[0], time.monotonic()
+    m0, s0, t0, cpu0 = coordinator_messages(), sub_count[0], time.monotonic(), cpu_s(central.pid)
     pubs = [threading.Thread(target=publisher, args=(k,)) for k in range(PUBLISHERS)]
     for p in pubs:
         p.start()
@@ -286,7 +293,7 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
         rss_peak = max(rss_peak, rss_kib(central.pid))
         time.sleep(0.2)
     drain_elapsed = time.monotonic() - t0
-    m1, s1 = coordinator_messages(), sub_count[0]
+    m1, s1, cpu1 = coordinator_messages(), sub_count[0], cpu_s(central.pid)
     end = time.monotonic() + 30
     while time.monotonic() < end and (len(committed) < len(sample) or len(in_api) < len(sample)):
         time.sleep(0.1)
@@ -305,6 +312,8 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
         "commit_p50_ms": round(pct(d_commit, 50), 1), "commit_p99_ms": round(pct(d_commit, 99), 1),
         "api_p50_ms": round(pct(d_api, 50), 1), "api_p99_ms": round(pct(d_api, 99), 1),
         "mosquitto_sub_p50_ms": round(pct(d_sub, 50), 1), "mosquitto_sub_p99_ms": round(pct(d_sub, 99), 1),
+        "coordinator_cpu_ms_per_1000_msgs": round(1e6 * (cpu1 - cpu0) / max(1.0, m1 - m0), 1),
+        "coordinator_cpu_pct_of_a_core": round(100 * (cpu1 - cpu0) / drain_elapsed, 1),
         "coordinator_rss_mib": round(rss_peak / 1024, 1), "receive_to_commit_mean_ms": round(lag_mean_ms(), 1), "load_start": load0[0], "load_end": os.getloadavg()[0],
     }
     print(f"published {published[0]} messages in {pub_elapsed:.1f} s "
@@ -317,6 +326,8 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
           f"p99 {res['mosquitto_sub_p99_ms']} ms ({len(d_sub)} events)")
     print(f"coordinator peak RSS {res['coordinator_rss_mib']} MiB; its own receive -> commit mean "
           f"{res['receive_to_commit_mean_ms']} ms (/metrics)")
+    print(f"coordinator CPU {res['coordinator_cpu_ms_per_1000_msgs']} ms per 1,000 messages "
+          f"({res['coordinator_cpu_pct_of_a_core']} % of one core while publishing and draining)")
     ok = (a.offices >= 2000 and res["commit_p99_ms"] < 500 and central_rate >= 0.5 * sub_rate)
     print("GOAL MET" if ok else f"GOAL MISSED (goal: 2,000 offices, p99 < 500 ms, >= half of mosquitto_sub's rate)")
     print("RESULT " + json.dumps(res))
