@@ -364,7 +364,7 @@ def mqtt_summary(m: Any) -> dict:
     """What the console shows of the MQTT link (read from another thread: plain attributes)."""
     outbox = getattr(m, "outbox", None)
     try:
-        depth = outbox.depth() if outbox is not None else None
+        depth = outbox.depth if outbox is not None else None  # a property
     except Exception:  # the worker may be replacing it
         depth = None
     down = getattr(m, "down_since", None)

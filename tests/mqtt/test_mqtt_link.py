@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from agent import wire
+from agent.console.commands import mqtt_summary
 from agent.control.core import Record
 from agent.mqtt.commands import REMOTE_MODE_REFUSAL
 from mosquitto_helpers import Broker, TlsFiles, start_broker
@@ -199,6 +200,7 @@ def test_over_the_cap_events_are_kept_and_reported(tmp_path, rig_factory):
     assert len(kept) == len(rig.journal()) > 30  # every event, over the cap
     assert len([r for r in rig.journal() if r.name == "outbox_over_cap"]) == 1  # once per crossing
     assert rig.link.outbox.over_cap
+    assert mqtt_summary(rig.link)["outbox"] == len(kept)  # what `siaga ctl mqtt` shows
 
 
 def test_refused_publish_is_kept_not_deleted(tmp_path, rig_factory, sub_factory):
