@@ -25,7 +25,8 @@ from central.web.templating import Pages
 MAX_AGE_S = 30
 STALE_AFTER_S = 120  # the coordinator's picture is older than this: say the page may be out of date
 TROUBLE_LIST_MAX = 40  # offices listed on /public/ (the rest are on their region's page)
-SMS_ALTERNATIVES = 1
+SMS_ALTERNATIVES = 1  # where to go instead, per line of the broadcast text
+LIST_ALTERNATIVES = 2  # ... on the lists (index, region); an office's own page shows all (rules.advisory_nearest)
 
 
 def _lang(request: Request) -> str:
@@ -51,13 +52,13 @@ def sms_text(l10n: L10n, cards: list[dict], url: str, as_of: float | None) -> st
     _ = l10n.gettext
     lines = []
     for c in cards:
-        for s in c["services"]:
-            if s["status"] == "serving":
+        for g in c["groups"]:
+            if g["status"] == "serving":
                 continue
-            line = _("%(office)s: %(service)s: %(status)s.", office=c["name"], service=_(s["label"]),
-                     status=_(public_view.STATUS_TEXT[s["status"]]).upper())
-            alts = [a for a in s["alternatives"]][:SMS_ALTERNATIVES]
-            for a in alts:
+            line = _("%(office)s: %(service)s: %(status)s.", office=c["name"],
+                     service=", ".join(_(label) for label in g["labels"]),
+                     status=_(public_view.STATUS_TEXT[g["status"]]).upper())
+            for a in g["alternatives"][:SMS_ALTERNATIVES]:
                 line += " " + (_("Go to %(office)s (%(km)s km).", office=a["name"], km=_km(l10n, a["distance_km"]))
                                if a["distance_km"] is not None else _("Go to %(office)s.", office=a["name"]))
             lines.append(line)
@@ -85,6 +86,7 @@ def router(coord: Any, pages: Pages) -> APIRouter:
         as_of = built - built % 60  # to the minute: the body (and its ETag) changes at most once a minute
         base = str(request.base_url).rstrip("/")
         return {"STATUS_TEXT": public_view.STATUS_TEXT, "REASON_TEXT": public_view.REASON_TEXT,
+                "alternatives_max": LIST_ALTERNATIVES,
                 "as_of": as_of, "stale": stale, "national": pic["national"], "base_url": base,
                 "qs": "" if lang == DEFAULT else f"?lang={lang}"}
 
@@ -131,7 +133,7 @@ def router(coord: Any, pages: Pages) -> APIRouter:
         qr = Markup(segno.make(url, error="m").svg_inline(scale=4, omitsize=True, title=card["name"]))  # noqa: S704
         sms = sms_text(pages.l10n(lang), [card], url + ctx["qs"], ctx["as_of"])
         body = pages.render("public/office.html", lang, here=f"/public/office/{site}", office=card, qr=qr,
-                            qr_url=url, sms=sms, **ctx)
+                            qr_url=url, sms=sms, **(ctx | {"alternatives_max": 99}))
         return cached(request, body)
 
     @r.get("/office/{site}/sms.txt", response_class=PlainTextResponse)

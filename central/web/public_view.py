@@ -57,20 +57,24 @@ def reason_key(status: str, reason: str) -> str | None:
 
 
 def office_card(adv: dict, view: dict | None, now: float) -> dict:
-    """One office: overall status, services (each with its plain reason and alternatives), last report."""
+    """One office: overall status, its services grouped where they say the same (status, reason
+    and alternatives: a power cut stops every service alike), and the time of its last report."""
     stale = is_stale(adv, now)
-    services = []
+    groups: dict[tuple, dict] = {}
     for name, s in adv["services"].items():
         status = "unknown" if stale else s["status"]
         alts = [] if status == "serving" else [
             {"site": a["site"], "name": a["name"], "region": a["region"], "distance_km": a["distance_km"]}
             for a in s.get("alternatives", [])]
-        services.append({"name": name, "label": s["label"], "status": status,
-                         "reason": reason_key(status, s["reason"]), "alternatives": alts})
+        reason = reason_key(status, s["reason"])
+        g = groups.setdefault((status, reason, tuple(a["site"] for a in alts)),
+                              {"names": [], "labels": [], "status": status, "reason": reason, "alternatives": alts})
+        g["names"].append(name)
+        g["labels"].append(s["label"])
     overall = "unknown" if stale else adv["status"]
     return {"site": adv["site"], "name": adv["name"], "region": adv["region"],
             "region_slug": slug(adv["region"]), "address": (view or {}).get("address") or "",
-            "status": overall, "services": services,
+            "status": overall, "groups": list(groups.values()),
             "last_report": (view or {}).get("last_seen") or adv.get("based_on")}
 
 
@@ -97,8 +101,9 @@ def _national(cards: list[dict]) -> list[dict]:
     everywhere is not a claim the page makes)."""
     by: dict[str, dict] = {}
     for c in cards:
-        for s in c["services"]:
-            e = by.setdefault(s["name"], {"name": s["name"], "label": s["label"], "serving": 0, "down": 0})
-            e["serving"] += s["status"] == "serving"
-            e["down"] += s["status"] in ("not_serving", "limited")
+        for g in c["groups"]:
+            for name, label in zip(g["names"], g["labels"]):
+                e = by.setdefault(name, {"name": name, "label": label, "serving": 0, "down": 0})
+                e["serving"] += g["status"] == "serving"
+                e["down"] += g["status"] in ("not_serving", "limited")
     return [e for _, e in sorted(by.items()) if e["serving"] == 0 and e["down"] > 0]

@@ -72,16 +72,20 @@ def load(page, url: str) -> int:
 
 
 def check_dark_office(page, lang: str) -> None:
+    """Both services of the dark office are out for the same reason, with the same alternatives: one
+    line for both, then the nearest office serving them first."""
     card = page.locator("section#sambas")
-    services = card.locator(".svc")
-    assert services.count() == 2
+    assert card.locator(".svc").count() == 1
     text = card.inner_text()
+    first_go = card.locator(".go li").first.inner_text()
     if lang == "id":
-        assert "Penerbitan paspor: Tidak melayani" in text
-        assert f"Silakan ke {SINGKAWANG}, {km('id', 'sambas', 'singkawang')} km" in text
+        assert "Wawancara & biometrik, Penerbitan paspor: Tidak melayani" in text
+        assert "Listrik padam: komputer kantor sudah dimatikan." in text
+        assert first_go.startswith(f"Silakan ke {SINGKAWANG}, {km('id', 'sambas', 'singkawang')} km")
     else:
-        assert "Passport issuance: Not serving" in text
-        assert f"Go to {SINGKAWANG} instead, {km('en', 'sambas', 'singkawang')} km" in text
+        assert "Interview & biometrics, Passport issuance: Not serving" in text
+        assert "Power cut: the office's computers are switched off." in text
+        assert first_go.startswith(f"Go to {SINGKAWANG} instead, {km('en', 'sambas', 'singkawang')} km")
 
 
 @pytest.mark.parametrize("js", [False, True], ids=["no-js", "js"])
@@ -102,6 +106,7 @@ def test_public_page_shows_the_dark_office_and_where_to_go_in_both_languages(rig
         page.locator("section#sambas h3 a").click()  # the office's own page, still in English
         page.wait_for_url("**/public/office/sambas?lang=en")
         check_dark_office(page, "en")
+        assert page.locator("section#sambas .go li").count() == 3  # all of rules.advisory_nearest here
         assert page.locator(".qr svg path").count() == 1
         sms = page.locator("textarea").input_value()
         assert "NOT SERVING" in sms and SINGKAWANG in sms and "/public/office/sambas?lang=en" in sms
@@ -120,8 +125,9 @@ def test_public_office_page_in_indonesian_has_the_door_qr_and_the_broadcast_text
     assert qr.bounding_box()["width"] >= 150  # scannable on a printed page
     assert page_nojs.locator(".qr + p").inner_text() == rig.url + "/public/office/sambas"
     sms = page_nojs.locator("textarea").input_value()
-    assert (f"Kantor Imigrasi Kelas II TPI Sambas: Penerbitan paspor: TIDAK MELAYANI. "
-            f"Silakan ke {SINGKAWANG} ({km('id', 'sambas', 'singkawang')} km).") in sms.splitlines()
+    assert sms.splitlines()[0] == (
+        "Kantor Imigrasi Kelas II TPI Sambas: Wawancara & biometrik, Penerbitan paspor: TIDAK MELAYANI. "
+        f"Silakan ke {SINGKAWANG} ({km('id', 'sambas', 'singkawang')} km).")
     screenshot(page_nojs, "public-office-id-nojs")
 
 
