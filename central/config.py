@@ -149,6 +149,32 @@ class TelemetryConfig(_Model):
     rollup_every_s: float = Field(3600.0, ge=1)
 
 
+class PublicConfig(_Model):
+    """The public status page (``/public/``, central/web/public.py)."""
+
+    # the address citizens reach it at, e.g. https://status.example.go.id: put in the door's QR code
+    # and the broadcast text; without it, the address the request came to
+    url: str | None = None
+    timezone: str = "Asia/Jakarta"  # the times the page shows (WIB; Asia/Makassar WITA, Asia/Jayapura WIT)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", v):
+            raise ValueError(f"{v!r} is not an http(s) address without query, e.g. https://status.example.go.id")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+        try:
+            ZoneInfo(v)
+        except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for odd names
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Jakarta)") from None
+        return v
+
+
 class CentralConfig(_Model):
     registry: str  # the office registry YAML (relative to this file)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
@@ -159,6 +185,7 @@ class CentralConfig(_Model):
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     tick_s: float = Field(1.0, gt=0, le=60)  # how often the rules run
+    public: PublicConfig = Field(default_factory=PublicConfig)
 
 
 # ---------------------------------------------------------------------------------------------

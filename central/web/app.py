@@ -13,9 +13,11 @@ from central.web import public
 from central.web.templating import STATIC, Pages
 
 
-def mount(app: FastAPI, coord: Any, *, tz: str = "Asia/Jakarta") -> Pages:
-    pages = Pages(tz=tz)
+def mount(app: FastAPI, coord: Any) -> Pages:
+    """``coord``: the coordinator (its ``snapshot``, ``clock`` and ``cfg.public``)."""
+    cfg = coord.cfg.public
+    pages = Pages(tz=cfg.timezone)
     app.state.pages = pages
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(public.router(coord, pages))
+    app.include_router(public.router(coord, pages, cfg.url))
     return pages

@@ -70,7 +70,9 @@ def sms_text(l10n: L10n, cards: list[dict], url: str, as_of: float | None) -> st
     return "\n".join(lines)
 
 
-def router(coord: Any, pages: Pages) -> APIRouter:
+def router(coord: Any, pages: Pages, public_url: str | None = None) -> APIRouter:
+    """``public_url``: the page's address for the QR code and the broadcast text (config
+    ``public.url``); None: the address the request came to."""
     r = APIRouter(prefix="/public", include_in_schema=False)
 
     def picture() -> dict:
@@ -84,7 +86,7 @@ def router(coord: Any, pages: Pages) -> APIRouter:
         built = pic["built_at"]
         stale = not pic["connected"] or coord.clock() - built > STALE_AFTER_S
         as_of = built - built % 60  # to the minute: the body (and its ETag) changes at most once a minute
-        base = str(request.base_url).rstrip("/")
+        base = (public_url or str(request.base_url)).rstrip("/")
         return {"STATUS_TEXT": public_view.STATUS_TEXT, "REASON_TEXT": public_view.REASON_TEXT,
                 "alternatives_max": LIST_ALTERNATIVES,
                 "as_of": as_of, "stale": stale, "national": pic["national"], "base_url": base,
