@@ -92,7 +92,8 @@ def build(snapshot: dict) -> dict:
         r[c["status"]] += 1
     national = _national(cards)
     return {"built_at": snapshot.get("built_at"), "connected": bool(snapshot.get("connected")),
-            "offices": cards, "regions": sorted(regions.values(), key=lambda r: r["name"].lower()),
+            "offices": cards, "by_site": {c["site"]: c for c in cards},
+            "regions": sorted(regions.values(), key=lambda r: r["name"].lower()), "regions_by_slug": regions,
             "national": national}
 
 

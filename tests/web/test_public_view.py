@@ -156,3 +156,17 @@ def test_the_public_config_refuses_what_it_cannot_use(tmp_path):
         with pytest.raises(ConfigError) as e:
             load(tmp_path / "c.yaml")
         assert says in str(e.value)
+
+
+def test_a_big_region_is_paged_trouble_first():
+    offices = {f"o{i:03d}": office(f"o{i:03d}", lat=i * 0.01) for i in range(120)}
+    states = {s: state(s, load_on="battery", fsd=True) if s in ("o100", "o119") else state(s) for s in offices}
+    c = client(snapshot(offices, states))
+    first = c.get("/public/region/kalimantan-barat?lang=en").text
+    assert first.count('<section class="card"') == 50
+    assert first.index('id="o100"') < first.index('id="o119"') < first.index('id="o000"')  # trouble first
+    assert "Page 1 of 3" in first and 'href="/public/region/kalimantan-barat?page=3&amp;lang=en"' in first
+    last = c.get("/public/region/kalimantan-barat?page=3").text
+    assert last.count('<section class="card"') == 20 and "Halaman 3 dari 3" in last
+    assert 'href="/public/region/kalimantan-barat?page=3&amp;lang=en"' in last  # English keeps the page
+    assert c.get("/public/region/kalimantan-barat?page=4").status_code == 404
