@@ -46,6 +46,7 @@ class Memo:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._render = threading.Lock()
         self._cur: tuple[dict | None, dict, dict[tuple, tuple[bytes, str]]] = (None, {}, {})
 
     def current(self, snap: dict) -> dict | None:
@@ -68,12 +69,16 @@ class Memo:
         hit = self.hit(pic, key)
         if hit is not None:
             return hit
-        raw = make().encode()
-        out = raw, '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
-        _, cur_pic, bodies = self._cur
-        if cur_pic is pic and len(bodies) < self.MAX_BODIES:
-            bodies[key] = out
-        return out
+        with self._render:  # one render at a time: readers arriving meanwhile wait for it, then hit
+            hit = self.hit(pic, key)
+            if hit is not None:
+                return hit
+            raw = make().encode()
+            out = raw, '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
+            _, cur_pic, bodies = self._cur
+            if cur_pic is pic and len(bodies) < self.MAX_BODIES:
+                bodies[key] = out
+            return out
 
 
 def cached(request: Request, body: tuple[bytes, str], media_type: str = "text/html; charset=utf-8") -> Response:

@@ -170,3 +170,32 @@ def test_a_big_region_is_paged_trouble_first():
     assert last.count('<section class="card"') == 20 and "Halaman 3 dari 3" in last
     assert 'href="/public/region/kalimantan-barat?page=3&amp;lang=en"' in last  # English keeps the page
     assert c.get("/public/region/kalimantan-barat?page=4").status_code == 404
+
+
+def test_a_page_is_rendered_once_per_picture_however_many_readers_ask_at_once():
+    import threading
+
+    from central.web.public import Memo
+
+    memo = Memo()
+    snap = snapshot({"a": office("a")}, {"a": state("a")})
+    pic = memo.picture(snap)
+    assert memo.picture(snap) is pic and memo.current(snap) is pic
+    calls = []
+    go = threading.Event()
+
+    def make() -> str:
+        calls.append(1)
+        go.wait(10)
+        return "page"
+
+    threads = [threading.Thread(target=memo.body, args=(pic, ("index",), make)) for _ in range(20)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and memo.hit(pic, ("index",))[0] == b"page"
+    newer = dict(snap)  # the next tick: a new snapshot, a new picture, nothing rendered yet
+    assert memo.current(newer) is None and memo.picture(newer) is not pic
+    assert memo.hit(memo.current(newer), ("index",)) is None
