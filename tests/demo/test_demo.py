@@ -251,6 +251,28 @@ def test_ctrl_c_stops_every_process_and_removes_the_state() -> None:
         demo.kill()
 
 
+def test_sigterm_while_the_fleet_starts_stops_everything() -> None:
+    """SIGTERM (a service manager, `kill`) while the offices are still starting: the same clean stop."""
+    require_mosquitto()
+    demo = Demo("--fast")
+    try:
+        demo.wait_line("offices     5 x siaga run", 120)
+        state = demo.state_dir()
+        end = time.monotonic() + 30
+        while len(demo.seen_pids) < 7 and time.monotonic() < end:  # the broker, the coordinator, five offices
+            demo.sample_children()
+            time.sleep(0.05)
+        demo.proc.send_signal(signal.SIGTERM)
+        assert demo.proc.wait(timeout=60) == 128 + signal.SIGTERM
+        demo._reader.join(5)
+        assert "SIGTERM: stopping every process the demo started" in demo.output
+        assert len(demo.seen_pids) >= 7, demo.seen_pids
+        assert [p for p in demo.seen_pids if alive(p)] == []
+        assert state is not None and not state.exists()
+    finally:
+        demo.kill()
+
+
 def test_port_in_use_is_a_clear_error_and_starts_nothing() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
