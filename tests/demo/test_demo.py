@@ -41,31 +41,31 @@ STATE_RE = re.compile(r"state and logs in (\S+?):")
 LOGIN_RE = re.compile(r"Login:\s+(\S+) / (\S+)")
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc: parent links)."""
-    parent: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state is [0], ppid [1], start time [19])."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> set[tuple[int, str]]:
+    """Every live process below ``pid`` (from /proc: parent links), as (pid, start time): a pid
+    reused later by an unrelated process is not mistaken for one left behind."""
+    stats = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(int(d)))}
     out, todo = set(), [pid]
     while todo:
         p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out.update(kids)
+        kids = [c for c, st in stats.items() if st[1] == str(p)]
+        out.update((c, stats[c][19]) for c in kids)
         todo += kids
     return out
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def alive(proc: tuple[int, str]) -> bool:
+    st = _stat(proc[0])
+    return st is not None and st[19] == proc[1] and st[0] != "Z"
 
 
 class Demo:
@@ -77,7 +77,7 @@ class Demo:
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []
-        self.seen_pids: set[int] = set()
+        self.seen_pids: set[tuple[int, str]] = set()  # (pid, start time)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -135,11 +135,9 @@ class Demo:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
-        for pid in self.seen_pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        for proc in self.seen_pids:
+            if alive(proc):
+                os.kill(proc[0], signal.SIGKILL)
 
 
 def watch(demo: Demo, seen: dict[str, float], stop: threading.Event) -> None:
