@@ -107,7 +107,7 @@ class Demo:
         assert m, self.output
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         form = self.opener.open(f"{self.base}/login", timeout=10).read().decode()
-        csrf = re.search(r'name=csrf value="([^"]+)"', form).group(1)
+        csrf = re.search(r'name="?csrf"? value="([^"]+)"', form).group(1)
         data = urllib.parse.urlencode({"username": m.group(1), "password": m.group(2), "csrf": csrf,
                                        "next": "/api/me"}).encode()
         me = json.loads(self.opener.open(f"{self.base}/login", data=data, timeout=10).read().decode())
