@@ -2,7 +2,7 @@
 publishing through a real Mosquitto, and C dashboard streams (200) connected to ``GET /live``.
 
 Every office is online and on mains; then offices lose and regain mains (``state/mains`` and
-``state/ups``) at a steady rate (default 100 changes a second across the fleet) while every
+``state/ups``) at a steady rate (default 10 changes a second across the fleet) while every
 office also sends telemetry once a minute. Each stream records when it sees each office's card
 change state; the figure is the delay from the publish of the change to its arrival on each
 stream (p50/p95/p99/max over every stream and change), with the coordinator's CPU and memory.
@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ from mosquitto_helpers import start_broker  # noqa: E402
 from nut_helpers import free_port  # noqa: E402
 
 READER_PROCS = 4
+OFFICE_RE = re.compile(rb'data: \{"site":"([^"]+)","state":"([^"]+)"')
 
 
 def readers(port: int, token: str, n: int, out_q, stop_at: float) -> None:
@@ -71,8 +73,8 @@ def readers(port: int, token: str, n: int, out_q, stop_at: float) -> None:
                 if line.startswith(b"event: "):
                     event = line[7:].strip()
                 elif line.startswith(b"data: ") and event == b"office":
-                    d = json.loads(line[6:])
-                    seen.append((d["site"], d["state"], now))
+                    m = OFFICE_RE.match(line)  # (cheaper than json.loads: the readers must not be the bottleneck)
+                    seen.append((m.group(1).decode(), m.group(2).decode(), now))
         w.close()
         return seen
 
@@ -140,7 +142,8 @@ def main() -> int:
     ap.add_argument("--offices", type=int, default=2000)
     ap.add_argument("--clients", type=int, default=200)
     ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--changes-per-s", type=float, default=100.0)
+    ap.add_argument("--changes-per-s", type=float, default=10.0,
+                    help="state changes a second across the fleet (10: each office every 200 s)")
     a = ap.parse_args()
     load0 = os.getloadavg()
     print(f"bench_sse: {a.offices} offices, {a.clients} SSE streams, {a.changes_per_s:g} state changes/s for "

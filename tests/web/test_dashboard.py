@@ -95,9 +95,21 @@ def log_in(page, cw, name: str) -> None:
     page.wait_for_url(cw.url + "/")
 
 
-def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, page):
-    page.set_viewport_size({"width": 1440, "height": 900})
+@pytest.fixture
+def wide_id_page(browser):
+    """A desk screen, in Bahasa Indonesia (the README's screenshot)."""
+    ctx = browser.new_context(locale="id-ID", viewport={"width": 1440, "height": 900})
+    ctx.set_default_timeout(30_000)
+    try:
+        yield ctx.new_page()
+    finally:
+        ctx.close()
+
+
+def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, wide_id_page):
+    page = wide_id_page
     log_in(page, rig, "budi")
+    assert "Melayani" in page.locator("#counters").inner_text()  # Indonesian by the browser's language
     assert page.locator(".cards .card").count() == 60
     assert page.locator("#map circle.dot").count() == 60
     queue = [r.get_attribute("id") for r in page.locator("#queue tbody tr").all()]
@@ -112,6 +124,7 @@ def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, page):
     page.wait_for_selector(f"#card-{WATCHED}.st-limited", timeout=30_000)
     took = time.monotonic() - t0
     print(f"mains lost at {WATCHED}: card and queue updated {took:.2f} s after the publish")
+    assert took < 2.0  # the issue's bound (measured 0.1-0.3 s here, also with two CPU burners; tick_s 0.2)
     assert page.evaluate("window.notReloaded") is True  # live, no reload
     ids = [r.get_attribute("id") for r in page.locator("#queue tbody tr").all()]
     assert ids == ["q-kupang", "q-ketapang", f"q-{WATCHED}", "q-pontianak"]  # 3300 s: between 2700 and 4000
