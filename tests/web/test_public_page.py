@@ -129,6 +129,10 @@ def test_public_office_page_in_indonesian_has_the_door_qr_and_the_broadcast_text
         "Kantor Imigrasi Kelas II TPI Sambas: Wawancara & biometrik, Penerbitan paspor: TIDAK MELAYANI. "
         f"Silakan ke {SINGKAWANG} ({km('id', 'sambas', 'singkawang')} km).")
     screenshot(page_nojs, "public-office-id-nojs")
+    page_nojs.emulate_media(media="print")  # the door sign: the code, not today's status (it would go stale)
+    assert page_nojs.locator("section#sambas").is_hidden() and page_nojs.locator("textarea").is_hidden()
+    assert page_nojs.locator(".door").is_visible() and qr.is_visible()
+    screenshot(page_nojs, "public-office-door-print")
 
 
 def test_office_names_with_markup_render_as_text(rig, page):

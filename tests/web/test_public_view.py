@@ -199,3 +199,15 @@ def test_a_page_is_rendered_once_per_picture_however_many_readers_ask_at_once():
     newer = dict(snap)  # the next tick: a new snapshot, a new picture, nothing rendered yet
     assert memo.current(newer) is None and memo.picture(newer) is not pic
     assert memo.hit(memo.current(newer), ("index",)) is None
+
+
+def test_the_national_notice_shows_in_both_languages_when_no_office_can_issue():
+    offices = {"a": office("a"), "b": office("b", lat=1.0)}
+    states = {s: state(s, national_ok=False) for s in offices}
+    c = client(snapshot(offices, states))
+    idn, en = c.get("/public/").text, c.get("/public/?lang=en").text
+    assert "<strong>Secara nasional:</strong> Penerbitan paspor saat ini tidak tersedia di kantor mana pun." in idn
+    assert "<strong>Nationwide:</strong> Passport issuance is not available at any office right now." in en
+    assert "Sistem pusat tidak dapat dihubungi dari kantor ini." in idn
+    ok = client(snapshot(offices, {s: state(s) for s in offices})).get("/public/?lang=en").text
+    assert "Nationwide" not in ok and "Every office is serving." in ok
