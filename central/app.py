@@ -29,7 +29,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     add_api(app, coord, read)
     mount_web(app, coord)  # /public/... (no login) and /static/... (central/web/)
     pages = dash_pages.make_pages("Asia/Jakarta")
-    hub = Hub(dash_pages.make_diff(pages), dash_pages.make_command_event(pages))
+    hub = Hub(dash_pages.LiveRender(pages))
     coord.listeners.append(hub.offer)
     app.include_router(dash_pages.router(coord, read, pages, hub))
     directory = Directory(lambda: read(lambda s: s.users()))

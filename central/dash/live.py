@@ -1,8 +1,9 @@
 """Live updates for the dashboard over Server-Sent Events (``GET /live``; no polling).
 
-The coordinator hands every new snapshot (and every command record it saves) to :class:`Hub`
-(:meth:`Hub.offer`, on its owner thread: it only stores a reference and wakes the hub's thread).
-The hub's thread compares the snapshot with the previous one and renders, for what changed, the
+The coordinator hands every new snapshot (each tick), the views of the offices a batch of messages
+moved (between ticks: a card does not wait for the tick) and every command record it saves to
+:class:`Hub` (:meth:`Hub.offer`, on its owner thread: it only stores a reference and wakes the
+hub's thread). The hub's thread compares them with what it sent last and renders, for what changed, the
 HTML fragments each page swaps in, in every language: ``office`` (an office's card), ``panel``
 (the office page's state panel), ``queue``
 (the time-to-dark queue), ``counters``, ``alarms`` (an office's alarm list), ``command`` (a
@@ -23,7 +24,7 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger("siaga.central.live")
 
@@ -54,17 +55,16 @@ class Stream:
 
 
 class Hub:
-    def __init__(self, diff: Callable[[dict | None, dict], list[tuple[str, str | None, dict[str, Any]]]],
-                 command_event: Callable[[dict], list[tuple[str, str | None, dict[str, Any]]]]) -> None:
-        """``diff(previous, snapshot)`` and ``command_event(record)`` give (type, site, {lang: payload})."""
-        self._diff, self._command_event = diff, command_event
+    def __init__(self, render: Any) -> None:
+        """``render``: ``snapshot(previous, snapshot)``, ``views(item, snapshot)`` and
+        ``command(record)``, each giving [(type, site, {variant: payload})] (central/dash/pages.py)."""
+        self._render = render
         self.boot = secrets.token_hex(3)
         self._n = 0
         self._buf: collections.deque[Event] = collections.deque(maxlen=BUFFER)
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._latest: dict | None = None
-        self._commands: list[dict] = []
+        self._pending: list[tuple[str, dict]] = []
         self._prev: dict | None = None
         self._streams: set[Stream] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -74,11 +74,9 @@ class Hub:
 
     # -------------------------------------------------------------- the coordinator's thread
     def offer(self, kind: str, item: dict) -> None:
+        """``snapshot`` (each tick), ``views`` (offices moved between ticks), ``command`` (a record saved)."""
         with self._lock:
-            if kind == "snapshot":
-                self._latest = item
-            elif kind == "command":
-                self._commands.append(item)
+            self._pending.append((kind, item))
         self._wake.set()
 
     def stop(self) -> None:
@@ -91,20 +89,22 @@ class Hub:
             self._wake.wait()
             self._wake.clear()
             with self._lock:
-                snap, self._latest = self._latest, None
-                cmds, self._commands = self._commands, []
-            try:
-                out = []
-                for c in cmds:
-                    out += self._command_event(c)
-                if snap is not None:
-                    if self._prev is not None:
-                        out += self._diff(self._prev, snap)
-                    self._prev = snap
-                if out:
-                    self.publish(out)
-            except Exception:  # noqa: BLE001 - a bad render never stops live updates
-                log.exception("live update failed")
+                pending, self._pending = self._pending, []
+            last_snap = max((i for i, (k, _) in enumerate(pending) if k == "snapshot"), default=-1)
+            out = []
+            for i, (kind, item) in enumerate(pending):
+                try:
+                    if kind == "command":
+                        out += self._render.command(item)
+                    elif kind == "views":
+                        out += self._render.views(item, self._prev)
+                    elif kind == "snapshot" and i == last_snap:  # only the newest of those waiting
+                        out += self._render.snapshot(self._prev, item)
+                        self._prev = item
+                except Exception:  # noqa: BLE001 - a bad render never stops live updates
+                    log.exception("live update (%s) failed", kind)
+            if out:
+                self.publish(out)
 
     def publish(self, items: list[tuple[str, str | None, dict[str, Any]]]) -> None:
         batch = []

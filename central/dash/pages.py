@@ -67,43 +67,86 @@ def variants(pages: Pages, fn) -> dict[str, Any]:
     return out
 
 
-def make_diff(pages: Pages):
-    last: dict[str, Any] = {}  # the cards of the previous snapshot, computed once
+class LiveRender:
+    """What changed, as the fragments the pages swap in (run on the hub's thread, central/dash/live.py).
 
-    def diff(prev: dict, snap: dict) -> list[tuple[str, str | None, dict]]:
-        pc = last["cards"] if last.get("of") is prev else view.cards(prev)
-        nc = view.cards(snap)
-        last["of"], last["cards"] = snap, nc
-        mods = {lang: parts(pages, lang) for lang in LANGS}
+    Cards come from two sources: every snapshot (each tick) and, between ticks, the views of the
+    offices a batch of messages moved (``views``), so a card does not wait for the next tick. The
+    cards last sent are kept; a snapshot older than an office's last view does not send its card
+    back to the older state."""
+
+    def __init__(self, pages: Pages) -> None:
+        self.pages = pages
+        self.cards: dict[str, dict] = {}
+        self.fast_at: dict[str, float] = {}
+        self.alarms: dict[str, list] = {}
+        self.counters: dict = {}
+        self.incidents: list = []
+
+    def _mods(self) -> dict[str, Any]:
+        return {lang: parts(self.pages, lang) for lang in LANGS}
+
+    def _cards(self, new: dict[str, dict], mods: dict) -> list[tuple[str, str | None, dict]]:
         out: list[tuple[str, str | None, dict]] = []
-        for site, c in nc.items():
-            if site not in pc or view.signature(pc[site]) != view.signature(c):
+        before = view.queue(self.cards)
+        for site, c in new.items():
+            old = self.cards.get(site)
+            if old is None or view.signature(old) != view.signature(c):
+                self.cards[site] = c
                 out.append(("office", site, {lang: {"site": site, "state": c["state"], "html": str(m.card(c))}
                                              for lang, m in mods.items()}))
                 out.append(("panel", site, {lang: {"html": str(m.panel(c))} for lang, m in mods.items()}))
-        nq = view.queue(nc)
-        if [view.signature(x) for x in view.queue(pc)] != [view.signature(x) for x in nq]:
-            out.append(("queue", None, {lang: {"html": str(m.queue(nq))} for lang, m in mods.items()}))
-        pk, nk = view.counters(prev, pc), view.counters(snap, nc)
-        if pk != nk:
-            out.append(("counters", None, {lang: {"html": str(m.counters(nk))} for lang, m in mods.items()}))
-        pa, na = view.by_site_alarms(prev.get("alarms", [])), view.by_site_alarms(snap.get("alarms", []))
-        for site in set(pa) | set(na):
-            if pa.get(site) != na.get(site):
-                out.append(("alarms", site, variants(pages, lambda m, act, s=site: {
-                    "html": str(m.alarms(na.get(s, []), act))})))
-        if [(i["id"], i["status"], len(i["members"])) for i in prev.get("incidents", [])] != \
-                [(i["id"], i["status"], len(i["members"])) for i in snap.get("incidents", [])]:
-            out.append(("incidents", None, {lang: {"open": len(snap.get("incidents", []))} for lang in LANGS}))
+        if out:
+            q = view.queue(self.cards)
+            if [view.signature(x) for x in before] != [view.signature(x) for x in q]:
+                out.append(("queue", None, {lang: {"html": str(m.queue(q))} for lang, m in mods.items()}))
         return out
-    return diff
 
+    def _counters(self, snap: dict, mods: dict) -> list[tuple[str, str | None, dict]]:
+        k = view.counters(snap, self.cards)
+        if k == self.counters:
+            return []
+        self.counters = k
+        return [("counters", None, {lang: {"html": str(m.counters(k))} for lang, m in mods.items()})]
 
-def make_command_event(pages: Pages):
-    def command_event(c: dict) -> list[tuple[str, str | None, dict]]:
+    def views(self, item: dict, snap: dict | None) -> list[tuple[str, str | None, dict]]:
+        """``item``: {"at": time, "views": {site: view}} from the coordinator, between ticks."""
+        if not self.cards or snap is None:
+            return []  # nothing shown yet: the first snapshot is the baseline
+        alarms = view.by_site_alarms(snap.get("alarms", []))
+        new = {s: view.card(v, item["at"], alarms.get(s)) for s, v in item["views"].items()}
+        for s in new:
+            self.fast_at[s] = item["at"]
+        mods = self._mods()
+        return self._cards(new, mods) + self._counters(snap, mods)
+
+    def snapshot(self, prev: dict | None, snap: dict) -> list[tuple[str, str | None, dict]]:
+        built = snap.get("built_at") or 0.0
+        nc = view.cards(snap)
+        if prev is None:  # the baseline: pages are rendered from this snapshot on
+            self.cards, self.alarms = nc, view.by_site_alarms(snap.get("alarms", []))
+            self.counters = view.counters(snap, nc)
+            self.incidents = [(i["id"], i["status"], len(i["members"])) for i in snap.get("incidents", [])]
+            return []
+        newer = {s for s, at in self.fast_at.items() if at > built}
+        self.fast_at = {s: self.fast_at[s] for s in newer}
+        mods = self._mods()
+        out = self._cards({s: c for s, c in nc.items() if s not in newer}, mods) + self._counters(snap, mods)
+        na = view.by_site_alarms(snap.get("alarms", []))
+        for site in set(self.alarms) | set(na):
+            if self.alarms.get(site) != na.get(site):
+                out.append(("alarms", site, variants(self.pages, lambda m, act, s=site: {
+                    "html": str(m.alarms(na.get(s, []), act))})))
+        self.alarms = na
+        sig = [(i["id"], i["status"], len(i["members"])) for i in snap.get("incidents", [])]
+        if sig != self.incidents:
+            out.append(("incidents", None, {lang: {"open": len(sig)} for lang in LANGS}))
+            self.incidents = sig
+        return out
+
+    def command(self, c: dict) -> list[tuple[str, str | None, dict]]:
         return [("command", c["site"], {lang: {"id": c["id"], "html": str(m.command_row(c))}
-                                        for lang, m in ((lang, parts(pages, lang)) for lang in LANGS)})]
-    return command_event
+                                        for lang, m in self._mods().items()})]
 
 
 def router(coord: Coordinator, read: Reader, pages: Pages, hub: Hub) -> APIRouter:

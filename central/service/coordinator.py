@@ -72,6 +72,7 @@ class Coordinator:
         # live updates, central/dash/live.py); a listener only stores a reference and returns
         self.listeners: list[Callable[[str, dict], None]] = []
         self.ticker.tell = self._tell
+        self._moved: set[str] = set()  # offices whose state moved in this batch (for the listeners)
 
     # readers' views of the owners' state (read-only outside the owner thread) -------------------
     @property
@@ -188,6 +189,10 @@ class Coordinator:
             for rx in rxs:
                 self.metrics.lag.observe(max(0.0, done - rx))
             self.ack_book.publish()
+        if self._moved:
+            moved, self._moved = self._moved, set()
+            if self.listeners:  # their views now, not at the next tick (the dashboard's cards)
+                self._tell("views", {"at": self.clock(), "views": self.ticker.views_of(moved, self.clock())})
 
     def _drain(self) -> None:
         """What came in while the tick ran, handled between its phases (each phase has committed
@@ -262,6 +267,8 @@ class Coordinator:
                                                   "load_pct": t.load_pct, "input_voltage": t.input_voltage,
                                                   "on_battery": t.on_battery, "mains": t.mains})
         self.fleet.apply(p, rx)
+        if p.kind in ("state", "status"):
+            self._moved.add(p.site)
 
     def _result(self, site: str, cid: str | None, r: wire.CommandResult, rx: float) -> None:
         c = self.store.command(cid) if cid else None

@@ -24,6 +24,15 @@ log = logging.getLogger("siaga.central")
 OFFICE_SAVE_EVERY_S = 5.0
 
 
+def office_view(o, st: fleet.OfficeState, services: dict, acks: dict, now: float, rules: Rules) -> dict:
+    """One office as the snapshot shows it (the API's and the dashboard's view)."""
+    v = fleet.view(st, now, rules)
+    v |= {"name": o.name, "region": o.region, "address": o.address, "latitude": o.latitude,
+          "longitude": o.longitude, "services": services, "serviceability": serviceability.office_status(services),
+          "ack": list(acks[o.site]) if o.site in acks else None}
+    return v
+
+
 class Ticker:
     def __init__(self, cfg: CentralConfig, rules: Rules, store: Store, fleet_book: FleetBook, acks: AckBook,
                  adv: AdvisoryPublisher, webhooks: WebhookSender, metrics: Metrics,
@@ -121,15 +130,8 @@ class Ticker:
 
     def _build_snapshot(self, offices: dict, states: dict, table: dict, advs: dict, national: dict,
                         all_alarms: list, now: float) -> None:
-        views = {}
         acks = self.ack_book.acks
-        for s, st in states.items():
-            v = fleet.view(st, now, self.rules)
-            o = offices[s]
-            v |= {"name": o.name, "region": o.region, "address": o.address, "latitude": o.latitude,
-                  "longitude": o.longitude, "services": table[s], "serviceability": serviceability.office_status(table[s]),
-                  "ack": list(acks[s]) if s in acks else None}
-            views[s] = v
+        views = {s: office_view(offices[s], st, table[s], acks, now, self.rules) for s, st in states.items()}
         counts = {"online": 0, "offline": 0, "unknown": 0}
         for v in views.values():
             counts[v["status"] or "unknown"] += 1
@@ -145,6 +147,17 @@ class Ticker:
             "advisories": advs, "national": national,
         }
         self.tell("snapshot", self.snapshot)
+
+    def views_of(self, sites: set[str], now: float) -> dict[str, dict]:
+        """The views of a few offices now, between ticks (the dashboard's cards move at once)."""
+        offices = self.fleet.offices()
+        out = {}
+        for s in sites:
+            if s in offices:
+                st = self.fleet.states.get(s) or fleet.OfficeState(s)
+                services = serviceability.office_services(offices[s], st, now, self.rules)
+                out[s] = office_view(offices[s], st, services, self.ack_book.acks, now, self.rules)
+        return out
 
     # operator actions on incidents ---------------------------------------------------------------
     def _incident(self, iid: str) -> inc_rules.Incident:

@@ -10,7 +10,7 @@ from central.dash import live
 
 
 def hub() -> live.Hub:
-    h = live.Hub(lambda prev, snap: [], lambda c: [])
+    h = live.Hub(None)
     h.stop()
     return h
 
@@ -52,3 +52,25 @@ def test_an_id_from_another_run_or_past_the_buffer_asks_for_a_reload():
     h.publish([("counters", None, {"id": {}})] * 3)
     h._buf.popleft()
     assert "event: resync" in frames(h, "id", None, f"{h.boot}-1", 2)[1]
+
+
+def test_a_card_moved_between_ticks_is_not_sent_back_by_an_older_snapshot():
+    from central.dash.pages import LiveRender, make_pages
+
+    def office(load_on: str) -> dict:
+        return {"site": "sambas", "name": "Sambas", "region": "Kalbar", "status": "online", "dark": False,
+                "serviceability": "limited" if load_on == "battery" else "serving", "load_on": load_on,
+                "ups": {"runtime_s": 3000.0}, "time_to_dark_s": 2400 if load_on == "battery" else None}
+
+    def snap(at: float, load_on: str) -> dict:
+        return {"built_at": at, "offices": {"sambas": office(load_on)}, "alarms": [], "incidents": []}
+
+    r = LiveRender(make_pages("Asia/Jakarta"))
+    base = snap(90.0, "mains")
+    assert r.snapshot(None, base) == []  # the baseline: the page was rendered from it
+    out = r.views({"at": 100.0, "views": {"sambas": office("battery")}}, base)
+    assert [(t, p["en"].get("state")) for t, s, p in out if t == "office"] == [("office", "limited")]
+    assert "queue" in [t for t, s, p in out] and "counters" in [t for t, s, p in out]
+    assert [t for t, s, p in r.snapshot(base, snap(99.0, "mains")) if t == "office"] == []  # older: kept
+    back = r.snapshot(base, snap(101.0, "mains"))
+    assert [(t, p["en"].get("state")) for t, s, p in back if t == "office"] == [("office", "serving")]
