@@ -237,3 +237,16 @@ def test_region_and_state_filters_and_paging(rig, page):
     page.goto(f"{rig.url}/?state=limited")
     assert set(page.locator(".cards .card").evaluate_all("els => els.map(e => e.id)")) >= {"card-kupang", "card-ketapang"}
     assert page.locator(".pager").count() == 0  # 60 offices: one page
+
+
+def test_the_countdown_runs_in_the_browser_and_a_silent_office_is_marked_stale(rig, page):
+    page.clock.install()
+    log_in(page, rig, "budi")
+    first = int(page.locator("#q-kupang .countdown").inner_text())
+    page.clock.fast_forward("03:00")  # three minutes of the browser's time, no message from anyone
+    page.wait_for_function(f"(+document.querySelector('#q-kupang .countdown').textContent) <= {first - 2}")
+    assert int(page.locator("#q-kupang .countdown").inner_text()) in (first - 3, first - 2)
+    publish_as(rig, "ketapang").status(False)  # its link died while on battery: dark, last state kept
+    page.wait_for_selector("#q-ketapang.is-stale .badge.stale", timeout=30_000)
+    assert page.locator("#card-ketapang").get_attribute("data-state") == "dark"
+    screenshot(page, "dashboard-fleet-stale")
