@@ -250,3 +250,25 @@ def test_the_countdown_runs_in_the_browser_and_a_silent_office_is_marked_stale(r
     page.wait_for_selector("#q-ketapang.is-stale .badge.stale", timeout=30_000)
     assert page.locator("#card-ketapang").get_attribute("data-state") == "dark"
     screenshot(page, "dashboard-fleet-stale")
+
+
+def test_an_operator_confirms_the_regional_incident_with_a_note_from_its_page(rig, page):
+    log_in(page, rig, "budi")
+    iid = next(i["id"] for i in rig.coord.snapshot["incidents"] if i["kind"] == "regional_grid_outage")
+    page.goto(f"{rig.url}/incidents/{iid}")
+    page.fill("form.incform[data-action=confirm] input[name=note]", "PLN confirms a feeder fault")
+    page.click("form.incform[data-action=confirm] button")
+    page.wait_for_selector("dl.facts dd:has-text('budi')", timeout=30_000)  # reloaded: confirmed by budi
+    assert page.locator("form.incform[data-action=confirm]").count() == 0
+    entry = next(e for e in json.loads(page.request.get(f"{rig.url}/api/audit").text())["entries"]
+                 if e["action"] == "incident_confirm")
+    assert (entry["who"], entry["detail"]) == ("budi", {"id": iid, "note": "PLN confirms a feeder fault"})
+
+
+def test_a_regional_operator_acts_only_on_its_region(rig, page):
+    account(rig.coord.store.path, "maya", "operator", region="Maluku")
+    log_in(page, rig, "maya")
+    page.goto(f"{rig.url}/offices/ambon")  # Maluku
+    assert page.locator("#cmdform").count() == 1
+    page.goto(f"{rig.url}/offices/bitung")  # Sulawesi Utara: sees it, cannot act
+    assert page.locator("#cmdform").count() == 0 and page.locator("h1").inner_text() == "Kantor Imigrasi Bitung"
