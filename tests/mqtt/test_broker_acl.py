@@ -314,7 +314,7 @@ def test_deploy_conf_binds_the_client_id_to_the_account(tmp_path, fleet, probes)
     require_mosquitto()
     root = Path(tempfile.mkdtemp(prefix="siaga-broker-"))
     try:
-        plain, tls = free_port(), free_port()
+        plain, tls = two_ports()
         b = Broker(render_deploy_conf(root, fleet, plain, tls), plain, tls)
         b.start()
         with b:
@@ -616,6 +616,14 @@ def test_hash_format_is_mosquittos(tmp_path):
 
 # ---- the deploy config itself: production layout, persistence, limits ---------------------------
 
+def two_ports() -> tuple[int, int]:
+    """Two different free loopback ports (the OS may hand the same free port out twice in a row)."""
+    plain, tls = free_port(), free_port()
+    while tls == plain:
+        tls = free_port()
+    return plain, tls
+
+
 def render_deploy_conf(root: Path, fleet: Fleet, plain_port: int, tls_port: int) -> Path:
     """deploy/mosquitto/siaga.conf in a Debian-like layout under ``root`` with only its paths and
     ports replaced, by the code ``siaga demo`` uses (agent/demo/broker.py): the broker drops root to
@@ -629,7 +637,7 @@ def test_deploy_conf_keeps_office_sessions_across_a_restart(tmp_path, fleet, pro
     # A world-traversable directory: the broker runs as user mosquitto, like in production.
     root = Path(tempfile.mkdtemp(prefix="siaga-broker-"))
     try:
-        plain, tls = free_port(), free_port()
+        plain, tls = two_ports()
         b = Broker(render_deploy_conf(root, fleet, plain, tls), plain, tls)
         b.start()
         with b:
