@@ -18,6 +18,7 @@ import http.cookiejar
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -138,6 +139,9 @@ class Demo:
         for proc in self.seen_pids:
             if alive(proc):
                 os.kill(proc[0], signal.SIGKILL)
+        state = self.state_dir()  # a demo killed (a failed test) cannot remove its own
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
 
 
 def watch(demo: Demo, seen: dict[str, float], stop: threading.Event) -> None:
