@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
+from typing import Callable
 
 from agent.config import ConfigError, SiteConfig, amf_settings, config_warnings, load_config
 from agent.control import amf_types
@@ -70,13 +73,55 @@ def main(config_path: str, log_level: str = "INFO") -> int:
 
 
 def _open_store(cfg: SiteConfig) -> tuple[Store, str | None]:
-    """The configured store, or (SD card gone read-only, disk full) one in memory: controlling
-    the generator matters more than the journal, which is then held until the next start."""
+    """The configured store, or (SD card gone read-only, disk full) one in memory, seeded from
+    what the file still lets us read: controlling the generator matters more than the journal,
+    which is held until the file can be opened again (``_reopen_store_later``)."""
     try:
         return Store.open(cfg.storage.path, cfg.storage.synchronous), None
     except Exception as e:
         log.error("cannot open the store %s (%s): running with a store in memory", cfg.storage.path, e)
-        return Store.open(":memory:"), str(e)
+        return Store.open_held(cfg.storage.path), str(e)
+
+
+STORE_REOPEN_S = 30.0
+
+
+def _reopen_store_later(cfg: SiteConfig, core: Core, then: Callable[[], None]) -> threading.Event:
+    """After a start on a store in memory: every STORE_REOPEN_S try the file again (checked on
+    this thread, so the core never waits on a slow check); once it opens, the core moves what
+    it held into it (``Core.adopt_store``), the storage_failed alarm clears and ``then()`` runs
+    (the MQTT link starts again, with its outbox, which queues everything held). Set the
+    returned event to stop trying."""
+    stop, path = threading.Event(), cfg.storage.path
+
+    def adopt(c: Core) -> int | Exception:
+        try:
+            return c.adopt_store(Store.open(path, cfg.storage.synchronous, check=False))
+        except Exception as e:  # still not writable: next time
+            return e
+
+    def loop() -> None:
+        while not stop.wait(STORE_REOPEN_S):
+            try:
+                Store.open(path, cfg.storage.synchronous).close()  # the full check, off the core
+            except Exception:
+                continue
+            box: queue.SimpleQueue = queue.SimpleQueue()
+            core.post(Call(adopt, box.put))
+            try:
+                moved = box.get(timeout=120)
+            except queue.Empty:
+                continue
+            if isinstance(moved, Exception):
+                continue
+            log.warning("store %s writable again: %d journal rows held in memory moved into it", path, moved)
+            core.post(Record("store_reopened", {"path": path, "rows_moved": moved}))
+            then()
+            core.post(amf_types.ExternalAlarm("storage_failed", False))
+            return
+
+    threading.Thread(target=loop, name="siaga-store-reopen", daemon=True).start()
+    return stop
 
 
 RUNTIME_MODEL_KEY = "ups_runtime_model"
@@ -204,12 +249,21 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
     seq.start()
     svc.ups, svc.shutdown, svc.nut = link, seq, nut
     probes = ProbeRunner(cfg.services, core.post, wall=lambda: core.wall.read().epoch_s)  # services: (docs/services.md)
-    mqtt = start_mqtt(cfg, core, store.path, ups_reading=link.last_reading if link else None,
-                      ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None,
-                      probe_results=probes.results)
+    mqtt_args = dict(ups_reading=link.last_reading if link else None, probe_results=probes.results,
+                     ups_command=(lambda name, value: link.instcmd(name, value, source="mqtt")) if link else None)
+    mqtt = start_mqtt(cfg, core, store.path, **mqtt_args)
     probes.on_change = mqtt.refresh_state if mqtt else None
     probes.start()
     svc.mqtt, svc.probes = mqtt, probes
+
+    def mqtt_on_the_file() -> None:  # the store is on disk again: the link again, with its outbox
+        nonlocal mqtt
+        if mqtt:
+            mqtt.stop()
+            mqtt = start_mqtt(cfg, core, cfg.storage.path, **mqtt_args)
+            svc.mqtt = mqtt
+            probes.on_change = mqtt.refresh_state if mqtt else None
+    reopening = _reopen_store_later(cfg, core, mqtt_on_the_file) if store_error else None
     consoles = console.start(cfg, svc)
     systemd = Notifier()  # Type=notify + WatchdogSec (deploy/systemd/siaga-agent.service)
     if systemd.watchdog_s:
@@ -221,6 +275,8 @@ def _run(cfg: SiteConfig, config_path: str | None = None) -> None:
         systemd.stopping()
         for con in consoles:
             con.stop()
+        if reopening:
+            reopening.set()
         if mqtt:
             mqtt.stop()  # after the core: its last records (agent_stopping) get a moment to go out
         probes.stop()

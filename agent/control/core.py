@@ -385,6 +385,15 @@ class Core:
             except Exception:  # a broken sink must not stop the controller
                 log.exception("sink %r failed", sink)
 
+    def adopt_store(self, store: Store) -> int:
+        """Core thread: carry on with ``store`` (the file, openable again after a start on a store
+        in memory), after moving into it everything the current one held (``Store.take_over``).
+        Returns how many journal rows moved; the core's boot number becomes theirs."""
+        moved, boot = store.take_over(self.store)
+        old, self.store, self.boot_no = self.store, store, boot
+        old.close()
+        return moved
+
     def _tx_hooks(self, conn, records: list[JournalRecord]) -> None:
         for hook in self.tx_hooks:
             hook(conn, records)

@@ -174,12 +174,13 @@ class Store:
         self._boot = int(conn.execute("SELECT value FROM meta WHERE key='boot'").fetchone()[0])
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], synchronous: str = "full") -> Store:
+    def open(cls, path: str | os.PathLike[str], synchronous: str = "full", check: bool = True) -> Store:
         """Open (creating if needed) the store at ``path``; ``":memory:"`` for simulations.
 
         ``synchronous="full"`` (default) fsyncs the WAL on every commit: the Pi loses *power*,
         not just the process, and NORMAL may then drop the last commits. NORMAL is offered for
-        simulations and benches, where speed matters more.
+        simulations and benches, where speed matters more. ``check=False`` skips the integrity
+        check (the caller has just made it on another thread).
         """
         sync = synchronous.upper()
         if sync not in ("FULL", "NORMAL", "EXTRA"):
@@ -191,12 +192,63 @@ class Store:
                 recovered = None
             else:
                 Path(name).parent.mkdir(parents=True, exist_ok=True)
-                conn, recovered = cls._connect_checked(name)
+                conn, recovered = cls._connect_checked(name) if check else (cls._connect(name), None)
             conn.execute(f"PRAGMA synchronous={sync}")
             cls._migrate(conn)
             return cls(conn, name, recovered)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open store {name}: {e}") from e
+
+    @classmethod
+    def open_held(cls, path: str | os.PathLike[str]) -> Store:
+        """A store in memory for a start when the file cannot be opened for writing (a full or
+        read-only SD card), seeded as far as the file can still be read with its controller
+        snapshot, counters, kept settings, boot number and journal position: control resumes
+        where it was and the numbering goes on. :meth:`take_over` later moves what it held into
+        the file."""
+        held = cls.open(":memory:")
+        uri = Path(os.fspath(path)).resolve().as_uri()
+        for query in ("?mode=ro", "?mode=ro&immutable=1"):  # immutable: no -shm can be made (disk full)
+            try:
+                src = sqlite3.connect(uri + query, uri=True)
+                try:
+                    meta = src.execute("SELECT key, value FROM meta").fetchall()
+                    snap = src.execute("SELECT id, state, outputs, saved_at_wall FROM snapshot").fetchall()
+                    counters = src.execute("SELECT name, value FROM counters").fetchall()
+                    last = src.execute("SELECT seq FROM sqlite_sequence WHERE name='journal'").fetchall()
+                finally:
+                    src.close()
+            except sqlite3.Error:
+                continue
+            with held.transaction() as conn:
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+                                 " SET value = excluded.value", meta)
+                conn.executemany("INSERT INTO snapshot VALUES (?, ?, ?, ?)", snap)
+                conn.executemany("INSERT INTO counters VALUES (?, ?)", counters)
+                conn.executemany("INSERT INTO sqlite_sequence (name, seq) VALUES ('journal', ?)", last)
+            held._boot = int(held._read("SELECT value FROM meta WHERE key='boot'")[0][0])
+            break
+        return held
+
+    def take_over(self, held: Store) -> tuple[int, int]:
+        """Move everything ``held`` (an :meth:`open_held` store) kept into this one, in one
+        transaction: its journal rows after this file's own (in order, renumbered if need be,
+        under one new boot number), its snapshot, counters and kept settings. Returns (journal
+        rows moved, the boot number they now carry)."""
+        rows = held._read("SELECT id, t_mono, ts_wall, clock_synced, kind, name, detail FROM journal ORDER BY seq")
+        with self.transaction() as conn:
+            boot = max(int(conn.execute("SELECT value FROM meta WHERE key='boot'").fetchone()[0]) + 1, held.boot)
+            conn.execute("UPDATE meta SET value = ? WHERE key='boot'", (boot,))
+            moved = 0
+            for r in rows:
+                moved += conn.execute("INSERT OR IGNORE INTO journal (id, boot, t_mono, ts_wall, clock_synced, kind,"
+                                      " name, detail) VALUES (?,?,?,?,?,?,?,?)", (r[0], boot, *r[1:])).rowcount
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value ="
+                             " excluded.value", held._read("SELECT key, value FROM meta WHERE key LIKE 'x.%'"))
+            conn.executemany("INSERT OR REPLACE INTO snapshot VALUES (?, ?, ?, ?)", held._read("SELECT * FROM snapshot"))
+            conn.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?)", held._read("SELECT name, value FROM counters"))
+        self._boot = boot
+        return moved, boot
 
     @staticmethod
     def _connect(name: str) -> sqlite3.Connection:

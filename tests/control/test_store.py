@@ -344,3 +344,26 @@ def test_meta_values_survive_reopen_and_stay_apart_from_the_store_keys(tmp_path)
         with pytest.raises(StoreError):
             s.set_meta("x", {"bad": float("nan")})
         assert s.get_meta("x") is None
+
+
+def test_a_held_store_resumes_from_the_file_and_moves_everything_back(tmp_path):
+    """Issue 15 item 5: the in-memory store of a start on a full disk is seeded from what the file
+    still shows, and its rows, snapshot, counters and settings go back into the file after."""
+    path = tmp_path / "s.db"
+    with Store.open(path) as s:
+        s.begin_boot()
+        s.commit([entry("before")], snapshot={"state": "MAINS_OK"}, counters={"run_s": 10.0})
+        s.set_meta("learned", {"k": 1})
+    held = Store.open_held(path)
+    assert held.boot == 1 and held.load_snapshot().state == {"state": "MAINS_OK"}
+    assert held.counters() == {"run_s": 10.0} and held.get_meta("learned") == {"k": 1}
+    assert held.begin_boot() == 2
+    recs = held.commit([entry("held1"), entry("held2")], counters={"run_s": 12.0})
+    assert [r.seq for r in recs] == [2, 3]  # the journal position goes on
+    held.set_meta("learned", {"k": 2})
+    with Store.open(path) as s:
+        assert s.take_over(held) == (2, 2)
+        got = s.journal()
+        assert [(r.seq, r.boot, r.name) for r in got] == [(1, 1, "before"), (2, 2, "held1"), (3, 2, "held2")]
+        assert s.counters() == {"run_s": 12.0} and s.get_meta("learned") == {"k": 2} and s.boot == 2
+    assert Store.open_held(tmp_path / "none.db").boot == 0  # no file: an empty store

@@ -195,6 +195,43 @@ def test_disk_full_while_running_keeps_control_and_catches_up(agent_factory, sma
     assert ("alarm", "storage_failed") in names
 
 
+def test_disk_full_at_start_runs_in_memory_then_moves_everything_to_the_file(agent_factory, small_disk):
+    """Issue 15 item 5: an agent (re)started while the SD card is full ran on a store in memory
+    with the outbox off, and nothing of that run ever reached the disk or the coordinator. Now
+    it resumes from what the file still shows (boot number, journal position), keeps trying the
+    file, and once it opens moves every held row into it and into the outbox, in order."""
+    from agent_process import free_port
+
+    agent = agent_factory(storage={"path": str(small_disk / "siaga.db"), "synchronous": "full"},
+                          mqtt={"enabled": True, "host": "127.0.0.1", "port": free_port(),  # no broker: rows wait
+                                "reconnect_max_delay_s": 2, "telemetry_interval_s": 3600})
+    boot_before = agent.status()["boot"]
+    agent.stop()
+    filler = small_disk / "filler"
+    fill(filler)
+    agent.start()  # on the full disk
+    st = agent.status()
+    assert st["alarms"]["storage_failed"]["active"] and st["boot"] == boot_before + 1  # numbering goes on
+    assert agent.ctl("sim", "mains", "off") == "OK"
+    agent.wait_state("ON_GENERATOR", timeout=60)  # control goes on meanwhile
+    filler.unlink()
+    agent.until("store reopened", lambda: not agent.status()["alarms"]["storage_failed"]["active"], 90)
+    rows = journal_intact(agent, small_disk / "siaga.db")
+    names = [(r["boot"], r["kind"], r["name"]) for r in rows]
+    held = [n for n in names if n[0] == boot_before + 1]
+    assert (boot_before + 1, "state", "MAINS_FAILING") in held and (boot_before + 1, "state", "ON_GENERATOR") in held
+    assert (boot_before + 1, "info", "store_reopened") in held
+    want = {r["seq"] for r in rows if r["boot"] == boot_before + 1}
+
+    def queued() -> set[int]:  # the MQTT link started again on the file: its outbox has them all
+        con = sqlite3.connect(f"file:{small_disk / 'siaga.db'}?mode=ro", uri=True)
+        try:
+            return {seq for (seq,) in con.execute("SELECT seq FROM outbox WHERE seq IS NOT NULL")}
+        finally:
+            con.close()
+    agent.until("the held rows in the outbox", lambda: want <= queued(), 30)
+
+
 # ---- the UPS link --------------------------------------------------------------------------------
 
 def test_ups_cable_pulled_garbage_and_silence(tmp_path):
