@@ -6,7 +6,14 @@ import argparse
 import sys
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line. With ``argv``, the options of ``provision`` and ``central user``
+    are only added when ``argv`` is for that command (or asks for help): they import the
+    coordinator's code, 2 MB that ``siaga run`` on a Pi would otherwise carry for good."""
+
+    def wanted(cmd: str) -> bool:
+        return argv is None or not argv or argv[0] in ("-h", "--help") or cmd.startswith(argv[0])
+
     p = argparse.ArgumentParser(prog="siaga", description="Siaga power-continuity agent")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
@@ -53,9 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--config", metavar="FILE")
     z.add_argument("--log-level", default="INFO")
     zsub = z.add_subparsers(dest="central_cmd", metavar="user")
-    from central.usercmd import add_arguments as user_arguments
+    zuser = zsub.add_parser("user", help="operator accounts: add, passwd, disable, enable, token, list")
+    if wanted("central"):
+        from central.usercmd import add_arguments as user_arguments
 
-    user_arguments(zsub.add_parser("user", help="operator accounts: add, passwd, disable, enable, token, list"))
+        user_arguments(zuser)
 
     d = sub.add_parser("demo", help="the whole system on this machine (broker, simulated offices, coordinator, "
                        "dashboard, public page) playing the founding story")
@@ -68,11 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("wire-schema", help="write the JSON Schema of every MQTT payload (docs/mqtt.md)")
     w.add_argument("--out", default="docs/wire-schema", metavar="DIR")
 
-    from agent.mqtt.provision import add_arguments as provision_arguments
-
     v = sub.add_parser("provision", help="central broker accounts: add an office (its site id), "
                        "rotate/revoke one, the coordinator, a private CA (docs/broker.md)")
-    provision_arguments(v)
+    if wanted("provision"):
+        from agent.mqtt.provision import add_arguments as provision_arguments
+
+        provision_arguments(v)
     return p
 
 
@@ -82,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         from agent.sim.ups_sim import main as sim_main
 
         return sim_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     if args.cmd == "check-config":
         from agent.config import check_config_main
 

@@ -7,7 +7,11 @@ LOGIN, then ``GET VAR <ups> ups.status`` every ``--poll-s`` seconds (upsmon's PO
 staggered). For each N: login time, GET VAR round-trip percentiles over ``--duration`` s,
 errors, the server's NUMLOGINS, CPU use and RSS.
 
-    .venv/bin/python bench/bench_nut_clients.py [--clients 10,64,250,1000] [--poll-s 1] [--duration 10]
+    .venv/bin/python bench/bench_nut_clients.py [--clients 10,64,250,1000] [--poll-s 1] [--duration 10] [--no-upsd]
+
+Side by side (unless ``--no-upsd``, or NUT is not installed): the same client load against
+Debian's real ``upsd`` 2.8.0 serving ``dummy-ups`` (tests/support/nut_helpers.py ``DummyUpsd``),
+with upsd's and the driver's CPU and RSS, so each figure has its reference in the same run.
 
 Last line: ``RESULT {json}``. Goal: the default ``max_connections`` (64) upsmons polling every
 second with GET VAR p99 under 20 ms, and 1000 clients held with p99 under 100 ms.
@@ -27,6 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "support"))
 
 from bench.benchlib import git_rev  # noqa: E402
 
@@ -46,7 +51,8 @@ def serve(max_connections: int) -> None:
     from agent.config import NutConfig, NutUser
     from agent.nut.server import NutData, NutServer
 
-    cfg = NutConfig(ups_name=UPS, max_connections=max_connections,
+    cfg = NutConfig(ups_name=UPS, max_connections=max_connections,  # every client is on 127.0.0.1 here:
+                    max_connections_per_address=max_connections,
                     users=[NutUser(name=USER, password_hash=nut_auth.hash_password(PASSWORD),
                                    role="secondary")]).model_copy(update={"port": 0})
     snapshot = NutData({"ups.status": "OL", "battery.charge": "100", "battery.runtime": "1800",
@@ -173,11 +179,42 @@ def run_round(port: int, n: int, poll_s: float, duration: float) -> dict:
                            "p99": round(q(0.99), 3), "max": round(lat[-1] * 1000, 3) if lat else None}}
 
 
+def upsd_round(n: int, poll_s: float, duration: float) -> dict:
+    """The same round against the real upsd + dummy-ups (same user, UPS name and values)."""
+    from nut_helpers import DummyUpsd
+
+    class Upsd(DummyUpsd):  # MAXCONN above the round's clients (upsd's default is 1024)
+        def _write_config(self) -> None:
+            super()._write_config()
+            (self.root / "etc" / "upsd.conf").write_text(
+                f"LISTEN 127.0.0.1 {self.tcp_port}\nMAXAGE 15\nMAXCONN {n + 64}\n")
+
+    users = f"[{USER}]\n\tpassword = {PASSWORD}\n\tupsmon secondary\n"
+    dev = {"ups.status": "OL", "battery.charge": "100", "battery.runtime": "1800", "ups.load": "35",
+           "input.voltage": "229.8"}
+    with Upsd(dev, users, ups=UPS) as ref:
+        pids = [p.pid for p in ref.procs]  # dummy-ups and upsd
+        cpu0, w0 = sum(_proc_cpu_s(p) for p in pids), time.perf_counter()
+        r = run_round(ref.tcp_port, n, poll_s, duration)
+        r["server_cpu_pct"] = round(100 * (sum(_proc_cpu_s(p) for p in pids) - cpu0) / (time.perf_counter() - w0), 1)
+        r["server_rss_mib"] = round(sum(_proc_rss_mib(p) for p in pids), 1)
+    return r
+
+
+def _line(who: str, n: int, r: dict) -> str:
+    g = r["get_var_ms"]
+    return (f"  {who:<6} {n:5d} clients: NUMLOGINS {r['numlogins'].split()[-1]:>5}, errors {r['errors']}, "
+            f"login median/max {r['login_s_median']}/{r['login_s_max']} s, {r['req_per_s']} GET VAR/s, "
+            f"latency p50 {g['p50']} p90 {g['p90']} p99 {g['p99']} max {g['max']} ms, "
+            f"server CPU {r['server_cpu_pct']}% RSS {r['server_rss_mib']} MiB")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", default="10,64,250,1000")
     ap.add_argument("--poll-s", type=float, default=1.0)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--no-upsd", action="store_true", help="skip the side-by-side rounds against upsd + dummy-ups")
     ap.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.serve is not None:
@@ -189,7 +226,10 @@ def main() -> int:
     print(f"bench_nut_clients: agent {git_rev()}, load average {load0[0]:.2f} {load0[1]:.2f}, "
           f"poll every {a.poll_s:g} s, {a.duration:g} s per round, RLIMIT_NOFILE "
           f"{resource.getrlimit(resource.RLIMIT_NOFILE)[0]}")
-    rounds = []
+    with_upsd = not a.no_upsd and os.access("/lib/nut/upsd", os.X_OK) and os.access("/lib/nut/dummy-ups", os.X_OK)
+    if not a.no_upsd and not with_upsd:
+        print("  (no /lib/nut/upsd or dummy-ups: Debian's nut-server is not installed; agent only)")
+    rounds, upsd_rounds = [], []
     for n in counts:
         child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(n + 16)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -202,14 +242,16 @@ def main() -> int:
         finally:
             child.stdin.close()
             child.wait(timeout=30)
-        g = r["get_var_ms"]
-        print(f"  {n:5d} clients: NUMLOGINS {r['numlogins'].split()[-1]:>5}, errors {r['errors']}, "
-              f"login median/max {r['login_s_median']}/{r['login_s_max']} s, {r['req_per_s']} GET VAR/s, "
-              f"latency p50 {g['p50']} p90 {g['p90']} p99 {g['p99']} max {g['max']} ms, "
-              f"server CPU {r['server_cpu_pct']}% RSS {r['server_rss_mib']} MiB")
+        print(_line("agent", n, r))
         if r["errors"]:
             print(f"        first errors: {r['first_errors']}")
         rounds.append(r)
+        if with_upsd:
+            u = upsd_round(n, a.poll_s, a.duration)
+            print(_line("upsd", n, u))
+            if u["errors"]:
+                print(f"        first errors: {u['first_errors']}")
+            upsd_rounds.append(u)
     by_n = {r["clients"]: r for r in rounds}
     checks = []  # the goal is stated for upsmon-like polling: once a second
     if a.poll_s != 1.0:
@@ -222,7 +264,8 @@ def main() -> int:
     print(verdict)
     load1 = os.getloadavg()
     print("RESULT " + json.dumps({"bench": "nut_clients", "rev": git_rev(), "poll_s": a.poll_s,
-                                  "duration_s": a.duration, "rounds": rounds, "verdict": verdict,
+                                  "duration_s": a.duration, "rounds": rounds, "upsd_rounds": upsd_rounds,
+                                  "verdict": verdict,
                                   "load_avg_start": load0[0], "load_avg_end": load1[0]}))
     return 0
 

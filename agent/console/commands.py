@@ -341,7 +341,9 @@ def _shutdown_status(ctx: Ctx, p: Parsed) -> Reply:
     return Reply(f"phase {st['phase']}" + (f" ({st['since_s']} s)" if st["since_s"] is not None else "")
                  + f"  UPS commanded {'yes' if st['ups_commanded'] else 'no'}"
                  + (f"  test client {st['test_client']}" if st["test_client"] else "")
-                 + "\nNUT clients logged in: " + (", ".join(st["clients"]) or "none"))
+                 + "\nNUT clients logged in: " + (", ".join(st["clients"]) or "none")
+                 + ("\nnot back since the restart (waited for): " + ", ".join(st["not_back_since_restart"])
+                    if st.get("not_back_since_restart") else ""))
 
 
 def _shutdown_dry(ctx: Ctx, p: Parsed) -> Reply:
