@@ -9,6 +9,7 @@ and the public advice change. Nothing here decides anything: the agents and the 
 from __future__ import annotations
 
 import html
+import json
 import re
 import time
 from collections.abc import Callable
@@ -104,7 +105,8 @@ class Story:
             raise DemoError(f"siaga ctl sim {' '.join(words)} at {site}: {reply}")
 
     def world(self, site: str = HERO) -> dict:
-        import json
+        """The simulated plant of an office (``siaga ctl sim status``): what no report shows,
+        e.g. whether its servers halted before the UPS cut their power."""
         return json.loads(self.fleet.offices[site].ctl("sim", "status", "--json"))
 
     def hero_line(self) -> str:

@@ -216,6 +216,7 @@ def test_demo_fast_plays_the_story_and_leaves_nothing_behind(page) -> None:
         out = demo.output
         assert rc == 0, out
         assert "The story is over" in out and "all 6 checkpoints reached" in out, out
+        assert "had to kill" not in out, out  # every process stopped by itself on SIGTERM
         # the story's checkpoints, as the coordinator's API showed them, in the story's order
         order = ["generator_on_load", "fsd", "advisory", "recovered", "national_notice"]
         assert [n for n in order if n in seen] == order, (seen, out)
@@ -247,6 +248,7 @@ def test_ctrl_c_stops_every_process_and_removes_the_state() -> None:
         demo._reader.join(5)
         assert "SIGINT: stopping every process the demo started" in demo.output
         assert "Every process the demo started has stopped." in demo.output
+        assert "had to kill" not in demo.output, demo.output
         assert [p for p in demo.seen_pids if alive(p)] == []
         assert not state.exists()
     finally:
