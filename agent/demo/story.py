@@ -122,12 +122,12 @@ class Story:
         if o.get("servers") == "halted":
             parts.append("FSD: servers told to shut down")
         key = ", ".join(parts)
-        if o["load_on"] == "battery" and rt is not None and o.get("servers") != "halted":
-            if key == self._hero[0] and self._hero[1] is not None and rt > self._hero[1] - 10:
-                return self._hero[2]
-            parts.append(f"UPS runtime {_mmss(rt)}")
-        else:
+        if not (o["load_on"] == "battery" and o.get("servers") != "halted"):
             rt = None
+        if key == self._hero[0] and (rt is None or (self._hero[1] is not None and rt > self._hero[1] - 10)):
+            return self._hero[2]  # nothing worth a new line
+        if rt is not None:
+            parts.append(f"UPS runtime {_mmss(rt)}")
         text = ", ".join(parts)
         if gen in STATE_NOTES and gen not in self._noted:
             self._noted.add(gen)
