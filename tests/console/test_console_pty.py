@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import PIN, Terminal
+from console_terminal import PIN, Terminal
 
 pytestmark = pytest.mark.slow
 
