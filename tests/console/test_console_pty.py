@@ -212,15 +212,24 @@ def test_the_console_on_a_pty_the_agent_makes(tmp_path):
 
         fd = os.open(str(link), os.O_RDWR | os.O_NOCTTY)
         tty.setraw(fd)
+
+        def read_until(done, what: str, poke: bytes = b"") -> bytes:
+            seen, end, poked = b"", time.monotonic() + 30, 0.0
+            while not done(seen):
+                assert time.monotonic() < end, f"{what}: {seen!r}"
+                if poke and time.monotonic() - poked > 2:  # a busy agent may not read yet
+                    os.write(fd, poke)
+                    poked = time.monotonic()
+                if select.select([fd], [], [], 0.2)[0]:
+                    seen += os.read(fd, 4096)
+            return seen
+
+        read_until(lambda b: b.endswith(b"> "), "a prompt", poke=b"\r")
         os.write(fd, b"sh ver\r")
-        seen, end = b"", time.monotonic() + 30
-        while b"site sim-sambas" not in seen or not seen.endswith(b"> "):
-            assert time.monotonic() < end, seen
-            if select.select([fd], [], [], 0.2)[0]:
-                seen += os.read(fd, 4096)
+        seen = read_until(lambda b: b"site sim-sambas" in b and b.endswith(b"> "), "sh ver")
         os.close(fd)
         assert b"siaga 0.1.0  site sim-sambas  hardware simulated" in seen
-        assert json.loads(agent.ctl("status", "--json"))["state"] == "MAINS_OK"
+        agent.wait_state("MAINS_OK")  # and siaga ctl answers beside it
     finally:
         agent.stop()
 
