@@ -95,10 +95,14 @@ def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: b
         if not keep:
             say("(siaga demo --keep leaves the fleet running after the story, to look around.)")
         if keep:
-            say("The fleet keeps running (--keep): the addresses above stay open; drive an office with")
-            sock = fleet.offices["sambas"].sock
-            say(f"  siaga ctl --socket {sock} sim mains off    (sim help: every simulated fault)")
-            say("Ctrl-C stops everything.")
+            say("The fleet keeps running (--keep): the addresses above stay open (the national service "
+                "stays down). Drive an office yourself, e.g.")
+            siaga = Path(sys.executable).parent / "siaga"
+            siaga_cmd = str(siaga) if siaga.exists() else f"{sys.executable} -m agent.cli"
+            for o in ("sambas", "pontianak"):
+                say(f"  {siaga_cmd} ctl --socket {fleet.offices[o].sock} sim mains off")
+            say("(`sim help` lists every simulated fault; `status` and `journal 20` show the office.) "
+                "Ctrl-C stops everything.")
             while True:
                 fleet.check_alive()
                 time.sleep(0.5)
