@@ -9,9 +9,11 @@
   change or disable: sessions signed for an older generation stop working at once.
 * **API tokens**: random 32 bytes, shown once; only their SHA-256 is stored (a token carries its
   own entropy, so a slow hash adds nothing). A token acts as its account (same role and scope).
-* **Login limiter** (:class:`Limiter`): failures per account and per client address in a
-  sliding window; past the limit the key is locked out for ``lockout_s`` (a correct password
-  does not get in while locked). In memory of the coordinator process: a restart forgets it.
+* **Login limiter** (:class:`Limiter`): attempts per (account, client address) and per client
+  address in a sliding window, counted on arrival; past the limit the key is locked out for
+  ``lockout_s`` (a correct password does not get in while locked). Per account the login only
+  slows down (nobody can lock an operator out from elsewhere). In memory of the coordinator
+  process: a restart, ``siaga central user unlock NAME`` or ``passwd`` forgets it.
 
 Accounts live in the store's ``users`` table (:meth:`central.store.Store.save_user`), written by
 ``siaga central user ...`` (central/usercmd.py) and read by the web process.
@@ -85,6 +87,11 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_id(t: dict) -> str:
+    """A token's short public id (the start of its digest: names it in `list` and `--revoke`)."""
+    return t["digest"][:8]
+
+
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
@@ -155,10 +162,25 @@ class Directory:
             self._at = -1e18
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What :meth:`Limiter.attempt` decided: ``ok`` (check the password) or refused for ``left_s``
+    more seconds; ``at`` marks this attempt's own count; ``locks`` are the keys it locked."""
+
+    ok: bool
+    left_s: float = 0.0
+    at: float = 0.0
+    locks: tuple[str, ...] = ()
+
+
 @dataclass
 class Limiter:
-    """Failed logins per key (``user:<name>``, ``ip:<addr>``): ``max_failures`` (per kind of key:
-    ``limits``) within ``window_s`` lock the key out for ``lockout_s``. Thread-safe; time handed in or read from ``clock``."""
+    """Login attempts per key: ``acct:<name>@<addr>`` and ``ip:<addr>`` are locked out for
+    ``lockout_s`` once they reach their limit (``limits``: key kind -> attempts within ``window_s``);
+    ``user:<name>`` is only counted (the login slows down past the account's limit, it never locks:
+    nobody elsewhere can lock an operator out). Each attempt is counted **on arrival**, under the
+    lock, before its password is checked: however many arrive at once, at most the limit get checked.
+    A correct password takes its own count back. Thread-safe; time read from ``clock``."""
 
     max_failures: int = 5
     window_s: float = 900.0
@@ -166,7 +188,11 @@ class Limiter:
     clock: Callable[[], float] = time.monotonic
     _fails: dict[str, list[float]] = field(default_factory=dict)
     _locked: dict[str, float] = field(default_factory=dict)
+    _unlocked: dict[str, object] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _limit(self, key: str, limits: dict[str, int | None] | None) -> int | None:
+        return (limits or {}).get(key.split(":", 1)[0], self.max_failures)
 
     def locked_for(self, keys: Iterable[str]) -> float:
         """Seconds left of the longest lockout among ``keys`` (0: free)."""
@@ -174,23 +200,61 @@ class Limiter:
         with self._lock:
             return max([self._locked.get(k, 0.0) - now for k in keys] + [0.0])
 
-    def failed(self, keys: Iterable[str], limits: dict[str, int] | None = None) -> None:
+    def attempt(self, keys: Iterable[str], limits: dict[str, int | None] | None = None) -> Attempt:
+        """Count one attempt on every key, unless one of them is locked (then nothing is counted)."""
+        keys = list(keys)
         now = self.clock()
         with self._lock:
             if len(self._fails) > 100_000:  # a flood of made-up names: forget the quiet ones
                 self._fails = {k: v for k, v in self._fails.items() if v and now - v[-1] < self.window_s}
+                self._locked = {k: t for k, t in self._locked.items() if t > now}
+            left = max([self._locked.get(k, 0.0) - now for k in keys] + [0.0])
+            if left > 0:
+                return Attempt(False, left)
+            locks = []
             for k in keys:
                 recent = [t for t in self._fails.get(k, []) if now - t < self.window_s] + [now]
                 self._fails[k] = recent
-                limit = (limits or {}).get(k.split(":", 1)[0], self.max_failures)
-                if len(recent) >= limit:
+                limit = self._limit(k, limits)
+                if limit is not None and len(recent) >= limit:
                     self._locked[k] = now + self.lockout_s
-                    self._fails[k] = []
+                    locks.append(k)
+            return Attempt(True, 0.0, now, tuple(locks))
 
-    def succeeded(self, keys: Iterable[str]) -> None:
+    def failed(self, keys: Iterable[str], limits: dict[str, int | None] | None = None) -> Attempt:
+        """A failure counted after the fact (no password was checked on arrival)."""
+        return self.attempt(keys, limits)
+
+    def recent(self, key: str) -> int:
+        """Attempts on ``key`` within the window (a correct password's taken back)."""
+        now = self.clock()
+        with self._lock:
+            return sum(1 for t in self._fails.get(key, []) if now - t < self.window_s)
+
+    def succeeded(self, keys: Iterable[str], attempt: Attempt | None = None, clear: Iterable[str] = ()) -> None:
+        """The password was right: take back ``attempt``'s count (and the locks it set) on ``keys``;
+        forget every failure on ``clear``."""
         with self._lock:
             for k in keys:
+                if attempt is not None and attempt.at in self._fails.get(k, []):
+                    self._fails[k].remove(attempt.at)
+                if attempt is not None and k in attempt.locks:
+                    self._locked.pop(k, None)
+            for k in clear:
                 self._fails.pop(k, None)
+                self._locked.pop(k, None)
+
+    def unlock(self, name: str, stamp: object) -> bool:
+        """Lift every lock and forget every failure of account ``name`` when ``stamp`` (the account's
+        ``unlocked`` field: ``siaga central user unlock``/``passwd``) is new to us."""
+        with self._lock:
+            if stamp is None or self._unlocked.get(name) == stamp:
+                return False
+            self._unlocked[name] = stamp
+            for d in (self._fails, self._locked):
+                for k in [k for k in d if k == f"user:{name}" or k.startswith(f"acct:{name}@")]:
+                    del d[k]
+            return True
 
 
 def same(a: str, b: str) -> bool:

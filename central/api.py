@@ -98,8 +98,12 @@ def add_api(app: FastAPI, coord: Coordinator, read: Reader) -> None:
         return v
 
     def regions(sites) -> set[str]:
-        offices = coord.snapshot["offices"]
-        return {offices[s]["region"] for s in sites if s in offices}
+        """From the registry (never the snapshot, which may not list every office yet); an office
+        the registry does not know is refused before any role or scope is weighed."""
+        unknown = sorted(set(sites) - coord.sites)
+        if unknown:
+            raise HTTPException(404, f"unknown office {unknown[0]!r}")
+        return {coord.registry[s].region for s in sites}
 
     def incident_regions(iid: str) -> set[str]:
         inc = next((i for i in coord.snapshot["incidents"] if i["id"] == iid), None)
@@ -109,11 +113,13 @@ def add_api(app: FastAPI, coord: Coordinator, read: Reader) -> None:
         return regions(inc["members"]) | extra
 
     @app.get("/api/health")
-    def health() -> dict:
+    def health(request: Request) -> dict:
+        """Yes/no without a login; what went wrong last (it may name hosts and accounts) with one."""
         snap = coord.snapshot
         alive = coord._thread is not None and coord._thread.is_alive()
-        return {"ok": alive, "owner_thread_alive": alive, "broker_connected": snap["connected"],
-                "built_at": snap["built_at"], "last_error": coord.last_error}
+        out = {"ok": alive, "owner_thread_alive": alive, "broker_connected": snap["connected"],
+               "built_at": snap["built_at"]}
+        return out if actor_of(request) is None else out | {"last_error": coord.last_error}
 
     @app.get("/api/me")
     def me(request: Request) -> dict:
@@ -143,7 +149,7 @@ def add_api(app: FastAPI, coord: Coordinator, read: Reader) -> None:
                     "gaps": read(lambda s: s.gaps(site))}
 
     @app.get("/api/offices/{site}/timeline")
-    def timeline(site: str, limit: int = Query(200, ge=1, le=10000), after_seq: int | None = None) -> dict:
+    def timeline(site: str, limit: int = Query(200, ge=1, le=10000), after_seq: int | None = Query(None, ge=0, le=2**63 - 1)) -> dict:
         office(site)
         events, gaps = read(lambda s: (s.timeline(site, limit, after_seq), s.gaps(site)))
         return {"site": site, "events": events, "gaps": gaps, "ack": office(site)["ack"]}

@@ -15,7 +15,19 @@ from central.dash import pages as dash_pages
 from central.dash.live import Hub
 from central.dash.login import add_login
 from central.service.coordinator import Coordinator
+from central.store import Store
 from central.web.app import mount as mount_web
+
+
+def _users(store_path: str) -> list[dict]:
+    """The accounts, read on a connection of their own: a long-lived read-only SQLite connection
+    can go on seeing an old picture after `siaga central user` (the last writer) removed the WAL
+    file, and a revoked token or a disabled account must stop working."""
+    s = Store(store_path, readonly=True)
+    try:
+        return s.users()
+    finally:
+        s.close()
 
 
 def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | None = None) -> FastAPI:
@@ -32,7 +44,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     hub = Hub(dash_pages.LiveRender(pages))
     coord.listeners.append(hub.offer)
     app.include_router(dash_pages.router(coord, read, pages, hub))
-    directory = Directory(lambda: read(lambda s: s.users()))
+    directory = Directory(lambda: _users(store_path))
     sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
     limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)
 
@@ -41,7 +53,9 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
 
     add_login(app, sessions=sessions, directory=directory, limiter=limiter,
               limits={"user": api.login_max_failures, "ip": api.login_max_failures_per_address},
-              audit=audit, page=dash_pages.login_page(pages))
-    app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies)
+              audit=audit, page=dash_pages.login_page(pages), parallel_checks=api.login_parallel_checks,
+              slowdown_s=api.login_slowdown_s, logged_out=sessions.end)
+    app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies,
+                       max_body_bytes=api.max_body_bytes)
     app.state.directory, app.state.sessions, app.state.limiter, app.state.hub = directory, sessions, limiter, hub
     return app

@@ -37,6 +37,10 @@ from starlette.requests import HTTPConnection
 from central.accounts import Actor, Directory, same
 
 COOKIE = "siaga_session"
+SECURE_COOKIE = "__Host-siaga_session"  # over TLS: the browser keeps it to this host, path /, Secure
+SECURITY_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"same-origin"), (b"content-security-policy", b"frame-ancestors 'none'")]
+HSTS = (b"strict-transport-security", b"max-age=31536000")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 NO_SESSION_PREFIXES = ("/public/", "/static/")  # owned by the public page: never a login, never a cookie
 NO_SESSION_EXACT = frozenset({"/public"})
@@ -61,6 +65,11 @@ class Sessions:
             raise ValueError("the session secret must have at least 32 bytes")
         self._key = hashlib.sha256(b"siaga-session\0" + secret).digest()
         self.max_age_s, self.clock = max_age_s, clock
+        self._ended: dict[str, float] = {}  # account -> logged out at: sessions issued before are void
+
+    def end(self, name: str) -> None:
+        """Log out: every session of ``name`` issued until now stops working (in memory)."""
+        self._ended[name] = self.clock()
 
     def _sig(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())
@@ -84,6 +93,8 @@ class Sessions:
             return None
         if not isinstance(data.get("iat"), (int, float)) or self.clock() - data["iat"] > self.max_age_s:
             return None
+        if data.get("u") and data["iat"] <= self._ended.get(data["u"], float("-inf")):
+            return None  # logged out since
         return data
 
     def new(self, user: dict | None = None) -> dict:
@@ -109,24 +120,59 @@ async def _json(send, status: int, detail: str, extra=()) -> None:
 
 
 class AuthMiddleware:
-    def __init__(self, app, sessions: Sessions, directory: Directory, secure_cookies: bool | None = None) -> None:
+    def __init__(self, app, sessions: Sessions, directory: Directory, secure_cookies: bool | None = None,
+                 max_body_bytes: int = 1024 * 1024) -> None:
         self.app, self.sessions, self.directory, self.secure = app, sessions, directory, secure_cookies
+        self.max_body = max_body_bytes
+
+    def secure_for(self, scope) -> bool:
+        return self.secure if self.secure is not None else scope.get("scheme") in ("https", "wss")
+
+    def cookie_name(self, scope) -> str:
+        return SECURE_COOKIE if self.secure_for(scope) else COOKIE
 
     def cookie(self, scope, session: dict | None) -> tuple[bytes, bytes]:
-        secure = self.secure if self.secure is not None else scope.get("scheme") in ("https", "wss")
+        secure = self.secure_for(scope)
         if session is None:
             value, age = "", 0
         else:
             value, age = self.sessions.dump(session), int(self.sessions.max_age_s)
-        return (b"set-cookie", (f"{COOKIE}={value}; Path=/; Max-Age={age}; HttpOnly; SameSite=Lax"
+        return (b"set-cookie", (f"{self.cookie_name(scope)}={value}; Path=/; Max-Age={age}; HttpOnly; SameSite=Lax"
                                 + ("; Secure" if secure else "")).encode())
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or no_session(scope["path"]):
+        if scope["type"] == "websocket":  # no route speaks it: never past this layer unauthenticated
+            await receive()
+            return await send({"type": "websocket.close", "code": 1008})
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        extra_headers = SECURITY_HEADERS + ([HSTS] if scope.get("scheme") == "https" else [])
+        outer_send = send
+
+        async def send(message) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = [*message.get("headers", []), *extra_headers]
+            await outer_send(message)
+
         path, method = scope["path"], scope["method"]
-        conn = HTTPConnection(scope)
         headers = Headers(scope=scope)
+        body: bytes | None = None
+        limit = FORM_MAX_BYTES if path == "/login" else self.max_body
+        if method not in SAFE_METHODS or "content-length" in headers or "transfer-encoding" in headers:
+            # every body is read here, at most `limit` bytes (api.max_body_bytes; a login form 64 KB)
+            length = headers.get("content-length", "0")
+            if not length.isdigit():
+                return await _json(send, 400, "Content-Length is not a number")
+            if int(length) > limit:
+                return await _json(send, 413, f"the request body is larger than {limit} bytes (api.max_body_bytes)")
+            body = await _read_body(receive, limit)
+            if body is None:
+                return await _json(send, 413, f"the request body is larger than {limit} bytes (api.max_body_bytes)")
+            receive = _replay(body, receive)
+        if no_session(path):
+            return await self.app(scope, receive, send)
+        conn = HTTPConnection(scope)
         state = scope.setdefault("state", {})
         actor: Actor | None = None
         session: dict | None = None
@@ -138,7 +184,7 @@ class AuthMiddleware:
                 return await _json(send, 401, "unknown or revoked API token")
             actor = Actor.of(user, "token")
         else:
-            session = self.sessions.load(conn.cookies.get(COOKIE))
+            session = self.sessions.load(conn.cookies.get(self.cookie_name(scope)))
             if session is not None and session.get("u"):
                 user = self.directory.user(session["u"])
                 if user is not None and not user.get("disabled") and user.get("generation", 1) == session.get("g"):
@@ -149,12 +195,8 @@ class AuthMiddleware:
                 session, fresh = self.sessions.new(), True
             if method not in SAFE_METHODS:
                 token = headers.get("x-csrf-token")
-                if token is None and headers.get("content-type", "").split(";")[0].strip() == FORM_TYPE:
-                    body = await _read_body(receive, FORM_MAX_BYTES)
-                    if body is None:
-                        return await _json(send, 413, f"a form is at most {FORM_MAX_BYTES} bytes")
+                if token is None and body and headers.get("content-type", "").split(";")[0].strip() == FORM_TYPE:
                     token = (parse_qs(body.decode("latin-1")).get("csrf") or [None])[0]
-                    receive = _replay(body)
                 if not token or not same(token, session["csrf"]):
                     return await _json(send, 403, "CSRF token missing or wrong: reload the page and try again",
                                        [self.cookie(scope, session)] if fresh else [])
@@ -193,7 +235,8 @@ async def _read_body(receive, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes):
+def _replay(body: bytes, then):
+    """``receive`` again: the body read already, then the client's own messages (its disconnect)."""
     sent = False
 
     async def receive():
@@ -201,7 +244,7 @@ def _replay(body: bytes):
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
+        return await then()
 
     return receive
 
@@ -211,7 +254,8 @@ def actor(conn: HTTPConnection) -> Actor | None:
 
 
 def session(conn: HTTPConnection) -> dict:
-    return conn.scope["state"]["session"]
+    """The browser session; a request with an API token has none (an empty CSRF token)."""
+    return conn.scope["state"].get("session") or {"csrf": ""}
 
 
 def replace_session(conn: HTTPConnection, new: dict | None) -> None:

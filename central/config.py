@@ -83,15 +83,46 @@ class ApiConfig(_Model):
     session_secret_file: str | None = None
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
     secure_cookies: bool | None = None  # None: Secure when the request came over TLS
-    login_max_failures: int = Field(5, ge=1, le=100)  # per account, within login_window_s ...
+    login_max_failures: int = Field(5, ge=1, le=100)  # per account and address, within login_window_s ...
     login_max_failures_per_address: int = Field(20, ge=1, le=10000)
     login_window_s: float = Field(900.0, gt=0)
-    login_lockout_s: float = Field(900.0, gt=0)  # ... then locked out this long
+    login_lockout_s: float = Field(900.0, gt=0)  # ... then locked out this long (`siaga central user unlock`)
+    # past login_max_failures on one account (from anywhere), its passwords are checked one at a time,
+    # this far apart (a slowdown, never a lockout: nobody can lock an operator out)
+    login_slowdown_s: float = Field(2.0, ge=0, le=60)
+    login_parallel_checks: int = Field(2, ge=1, le=32)  # Argon2 checks at once; more logins get 429
+    max_body_bytes: int = Field(1024 * 1024, ge=64 * 1024)  # a larger request body gets 413 (/login: 64 KB)
+    max_connections: int = Field(1000, ge=10)  # uvicorn's limit_concurrency: more get 503
+    # the reverse proxies (addresses) whose X-Forwarded-For/-Proto are believed; none by default:
+    # the client's address (login limiter, audit log) is then the socket's
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # on an address other than loopback the coordinator refuses plain HTTP (passwords and session
+    # cookies in clear) unless TLS is set, or secure_cookies: true (a TLS proxy in front), or this
+    allow_plain_http: bool = False
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ApiConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("give both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _no_plain_http_outside(self) -> ApiConfig:
+        if not self.loopback and self.tls_cert_file is None and self.secure_cookies is not True \
+                and not self.allow_plain_http:
+            raise ValueError(f"host {self.host!r} is not loopback: passwords would cross the network in clear. "
+                             "Set tls_cert_file/tls_key_file, or secure_cookies: true behind a TLS proxy, "
+                             "or allow_plain_http: true")
         return self
 
 
@@ -153,7 +184,8 @@ class PublicConfig(_Model):
     """The public status page (``/public/``, central/web/public.py)."""
 
     # the address citizens reach it at, e.g. https://status.example.go.id: put in the door's QR code
-    # and the broadcast text; without it, the address the request came to
+    # and the broadcast text (never a request's Host header). Required unless api.host is loopback
+    # with no proxy in front; without it, http://api.host:api.port
     url: str | None = None
     timezone: str = "Asia/Jakarta"  # the times the page shows (WIB; Asia/Makassar WITA, Asia/Jayapura WIT)
 
@@ -186,6 +218,16 @@ class CentralConfig(_Model):
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     tick_s: float = Field(1.0, gt=0, le=60)  # how often the rules run
     public: PublicConfig = Field(default_factory=PublicConfig)
+
+    @model_validator(mode="after")
+    def _public_url_when_reachable(self) -> CentralConfig:
+        # the QR code and the broadcast text never take their address from a request's Host header
+        behind_proxy = bool(self.api.trusted_proxies) or self.api.secure_cookies is True
+        if self.public.url is None and (not self.api.loopback or behind_proxy):
+            raise ValueError("public.url: required when the web server is reachable from outside "
+                             f"(api.host {self.api.host!r}{', behind a proxy' if behind_proxy else ''}): the address "
+                             "citizens reach the public page at, e.g. https://status.example.go.id")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,10 +382,14 @@ def session_secret(loaded: Loaded) -> bytes | None:
     if f is None:
         return None
     try:
+        mode = loaded.resolve(f).stat().st_mode
         secret = loaded.resolve(f).read_bytes().strip()
     except OSError as e:
         raise ConfigError([Problem("api.session_secret_file", None, f"cannot read {f}: {e.strerror or e}")],
                           str(loaded.path)) from None
+    if mode & 0o077:
+        raise ConfigError([Problem("api.session_secret_file", None, f"{f}: others may read it (mode {mode & 0o777:o}): "
+                                   f"chmod 600 {f}")], str(loaded.path))
     if len(secret) < 32:
         raise ConfigError([Problem("api.session_secret_file", None, f"{f}: the secret is shorter than 32 bytes")],
                           str(loaded.path))

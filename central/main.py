@@ -12,6 +12,13 @@ import sys
 from central.config import ConfigError, load, password, session_secret, store_location, webhook_secret
 
 
+def server_options(api) -> dict:
+    """uvicorn's settings from ``api:`` (shared with the test rigs, so they serve as this does):
+    connections capped, X-Forwarded-* believed only from ``api.trusted_proxies``."""
+    return {"limit_concurrency": api.max_connections, "proxy_headers": bool(api.trusted_proxies),
+            "forwarded_allow_ips": ",".join(api.trusted_proxies) or "", "server_header": False}
+
+
 def main(config_path: str, log_level: str = "INFO") -> int:
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -46,8 +53,11 @@ def main(config_path: str, log_level: str = "INFO") -> int:
     if api.tls_cert_file:
         tls = {"ssl_certfile": str(loaded.resolve(api.tls_cert_file)), "ssl_keyfile": str(loaded.resolve(api.tls_key_file))}
     app = make_app(coord, store_path, session_secret=secret)
-    server = uvicorn.Server(uvicorn.Config(app, host=api.host,
-                                           port=api.port, log_level="warning", access_log=False, **tls))
+    server = uvicorn.Server(uvicorn.Config(app, host=api.host, port=api.port, log_level="warning",
+                                           access_log=False, **server_options(api), **tls))
+    if not tls and not api.loopback and api.secure_cookies is not True:
+        log.warning("api.allow_plain_http: serving plain HTTP on %s: passwords and session cookies cross "
+                    "the network in clear", api.host)
     if secret is None:
         log.warning("api.session_secret_file is not set: sessions end when the coordinator restarts")
     log.info("siaga central: %d offices in the registry, broker %s:%d, web on %s://%s:%d",

@@ -1,10 +1,14 @@
-"""``/login`` and ``/logout``: the password check (Argon2, in a worker thread), the limiter
-(per account and per client address), a fresh session (new id and CSRF token) on success, and
-the audit log of every attempt."""
+"""``/login`` and ``/logout``: the password check (Argon2, on a small pool of its own so a flood of
+logins never holds the threads the API answers with; ``api.login_parallel_checks`` at a time, more
+get 429 at once), the limiter (central/accounts.py: per account and address, per address, a
+slowdown per account), a fresh session (new id and CSRF token) on success, and the audit log
+(every failure; a lockout once, when it starts)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 from urllib.parse import parse_qs
 
@@ -27,8 +31,22 @@ def safe_next(target: str | None) -> str:
 
 def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter: Limiter,
               limits: dict[str, int], audit: Callable[[str, str, dict], None],
-              page: Callable[..., Response]) -> None:
-    """``page(request, error=None, status=200, next="/")`` renders the login form."""
+              page: Callable[..., Response], parallel_checks: int = 2, slowdown_s: float = 2.0,
+              logged_out: Callable[[str], None] = lambda name: None) -> None:
+    """``page(request, error=None, status=200, next="/")`` renders the login form. ``limits``: per
+    account and address (``acct``) and per address (``ip``); past ``limits["user"]`` failures an
+    account's passwords are checked one at a time, ``slowdown_s`` apart."""
+    pool = ThreadPoolExecutor(max_workers=parallel_checks, thread_name_prefix="login")
+    busy = [0]  # checks running or waiting on the pool (the event loop's thread only)
+    slow: dict[str, asyncio.Lock] = {}
+    keyed = {"acct": limits["user"], "ip": limits["ip"], "user": None}
+
+    def lookup(name: str) -> dict | None:
+        directory.forget()  # an account added (or unlocked) a moment ago counts at once
+        return directory.user(name)
+
+    async def on_pool(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     @app.get("/login", include_in_schema=False)
     def login_form(request: Request, next: str = "/") -> Response:
@@ -38,23 +56,38 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))  # at most 64 KB (auth.py)
         name = (form.get("username") or [""])[0].strip().lower()[:64]
         password = (form.get("password") or [""])[0]
         nxt = safe_next((form.get("next") or ["/"])[0])
         addr = request.client.host if request.client else "?"
-        keys = [f"user:{name}", f"ip:{addr}"]
-        left = limiter.locked_for(keys)
-        if left > 0:
-            await run_in_threadpool(audit, name or "?", "login_locked_out", {"address": addr})
-            return page(request, error=("locked", int(left // 60) + 1), status=429, next=nxt)
-        directory.forget()  # an account added a moment ago logs in at once
-        user = await run_in_threadpool(directory.user, name)
-        if not await run_in_threadpool(check_password, user, password):
-            limiter.failed(keys, limits)
+        if busy[0] >= parallel_checks:
+            return page(request, error=("busy", 0), status=429, next=nxt)
+        busy[0] += 1
+        try:
+            user = await on_pool(lookup, name)
+            if user is not None:
+                limiter.unlock(name, user.get("unlocked"))
+            keys = [f"acct:{name}@{addr}", f"ip:{addr}", f"user:{name}"]
+            attempt = limiter.attempt(keys, keyed)
+            if not attempt.ok:
+                return page(request, error=("locked", int(attempt.left_s // 60) + 1), status=429, next=nxt)
+            if limiter.recent(keys[2]) > limits["user"]:  # many failures on this account: one at a time, slowly
+                async with slow.setdefault(name, asyncio.Lock()):
+                    await asyncio.sleep(slowdown_s)
+                    ok = await on_pool(check_password, user, password)
+            else:
+                ok = await on_pool(check_password, user, password)
+        finally:
+            busy[0] -= 1
+        if not ok:
             await run_in_threadpool(audit, name or "?", "login_failed", {"address": addr})
+            if attempt.locks:
+                await run_in_threadpool(audit, name or "?", "login_locked_out",
+                                        {"address": addr, "locked": list(attempt.locks),
+                                         "minutes": int(limiter.lockout_s // 60)})
             return page(request, error=("wrong", 0), status=401, next=nxt)
-        limiter.succeeded(keys[:1])
+        limiter.succeeded(keys, attempt, clear=keys[:1] + keys[2:])
         replace_session(request, sessions.new(user))  # a new session id and CSRF token: no fixation
         await run_in_threadpool(audit, name, "login", {"address": addr})
         return RedirectResponse(nxt, 303)
@@ -62,7 +95,11 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
     @app.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
         a = actor(request)
-        if a is not None and session(request).get("u"):
+        if a is not None and a.via != "session":
+            return Response("log out ends a browser session; an API token is revoked with "
+                            "`siaga central user token NAME --revoke ID`", 400, media_type="text/plain")
+        if a is not None:
             audit(a.name, "logout", {})
+            logged_out(a.name)
         replace_session(request, sessions.new())
         return RedirectResponse("/login", 303)

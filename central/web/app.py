@@ -19,5 +19,6 @@ def mount(app: FastAPI, coord: Any) -> Pages:
     pages = Pages(tz=cfg.timezone)
     app.state.pages = pages
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.include_router(public.router(coord, pages, cfg.url))
+    api = coord.cfg.api
+    app.include_router(public.router(coord, pages, cfg.url or f"http://{api.host}:{api.port}"))
     return pages

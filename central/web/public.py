@@ -118,9 +118,9 @@ def sms_text(l10n: L10n, cards: list[dict], url: str, as_of: float | None) -> st
     return "\n".join(lines)
 
 
-def router(coord: Any, pages: Pages, public_url: str | None = None) -> APIRouter:
+def router(coord: Any, pages: Pages, public_url: str) -> APIRouter:
     """``public_url``: the page's address for the QR code and the broadcast text (config
-    ``public.url``); None: the address the request came to."""
+    ``public.url``, else the coordinator's own address; never the request's Host header)."""
     r = APIRouter(prefix="/public", include_in_schema=False)
     memo = Memo()
 
@@ -139,8 +139,8 @@ def router(coord: Any, pages: Pages, public_url: str | None = None) -> APIRouter
         lang = _lang(request)
         built = pic["built_at"]
         stale = not pic["connected"] or coord.clock() - built > STALE_AFTER_S
-        base = (public_url or str(request.base_url)).rstrip("/")
-        key = (*what, lang, stale, base)
+        base = public_url.rstrip("/")
+        key = (*what, lang, stale)
         hit = memo.hit(pic, key)
         if hit is not None:
             return hit

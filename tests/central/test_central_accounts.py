@@ -141,6 +141,19 @@ def test_roles_and_regional_scope(site):
         {("kurnia", "check"), ("ani", "check")}
 
 
+def test_regional_scope_comes_from_the_registry_even_before_the_first_picture(site, monkeypatch):
+    coord, app, db, tokens, cfg = site
+    kalbar = {"Authorization": f"Bearer {tokens['kalbar']}"}
+    real = coord.snapshot
+    # as before the first tick: no office in the picture yet
+    monkeypatch.setattr(type(coord), "snapshot", property(lambda self: real | {"offices": {}}))
+    cmd = {"sites": ["samarinda"], "name": "rebirth", "reason": "x"}
+    r = browser(app).post("/api/commands", json=cmd, headers=kalbar)
+    assert r.status_code == 403 and "Kalimantan Barat" in r.json()["detail"]
+    r = browser(app).post("/api/commands", json=cmd | {"sites": ["atlantis"]}, headers=kalbar)
+    assert r.status_code == 404 and "atlantis" in r.json()["detail"]
+
+
 def test_brute_force_on_login_is_locked_out(site):
     coord, app, db, tokens, cfg = site
     account(db, "budi", "operator")
@@ -200,7 +213,46 @@ def test_siaga_central_user_commands_and_a_disabled_account(site):
     assert browser(app).get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
     assert log_in(browser(app), "dewi", "another long password").status_code == 401
     listing = user("list").stdout
-    assert re.search(r"dewi\s+operator\s+Kalimantan Timur\s+DISABLED\s+tokens: 1", listing), listing
+    assert re.search(r"dewi\s+operator\s+Kalimantan Timur\s+DISABLED\s+tokens: 0", listing), listing  # disable deletes tokens
     assert [e["action"] for e in Store(db, readonly=True).audit_log() if e["detail"].get("account") == "dewi"] == \
         ["account_disable", "account_token", "account_passwd", "account_add"]
     assert "a long password" not in Path(db).read_bytes().decode("latin-1")
+
+
+def test_a_single_api_token_is_revoked_and_enable_brings_none_back(site):
+    coord, app, db, tokens, cfg = site
+
+    def user(*args, stdin=""):
+        return subprocess.run([sys.executable, "-m", "agent.cli", "central", "user", *args, "--config", str(cfg)],
+                              cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60)
+
+    def works(token):
+        app.state.directory.forget()
+        return browser(app).get("/api/me", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+
+    assert user("add", "fajar", "--role", "operator", stdin="a long password\n").returncode == 0
+    r1, r2 = user("token", "fajar", "--label", "nagios"), user("token", "fajar", "--label", "backup script")
+    t1, t2 = r1.stdout.strip(), r2.stdout.strip()
+    tid = re.search(r"token (\w+) of fajar", r1.stderr).group(1)
+    listing = user("list", "--tokens").stdout
+    assert re.search(rf"token {tid}\s+created \d{{4}}-\d\d-\d\d \d\d:\d\d\s+nagios", listing), listing
+    assert works(t1) and works(t2)
+    assert user("token", "fajar", "--revoke", tid).returncode == 0
+    assert not works(t1) and works(t2)  # only that one
+    assert user("token", "fajar", "--revoke", "backup script").returncode == 0
+    assert not works(t2)
+    r = user("token", "fajar", "--revoke", "nope")
+    assert r.returncode == 1 and "no token with id or label 'nope'" in r.stderr
+    t3 = user("token", "fajar").stdout.strip()
+    assert user("disable", "fajar").returncode == 0 and user("enable", "fajar").returncode == 0
+    assert not works(t3)  # a disable deleted it: enable does not bring it back
+    assert "account_token_revoke" in [e["action"] for e in Store(db, readonly=True).audit_log()
+                                      if e["detail"].get("account") == "fajar"]
+
+
+def test_an_admin_with_a_region_is_refused(site):
+    coord, app, db, tokens, cfg = site
+    r = subprocess.run([sys.executable, "-m", "agent.cli", "central", "user", "add", "gita", "--role", "admin",
+                        "--region", "Kalimantan Barat", "--config", str(cfg)],
+                       cwd=ROOT, input="a long password\n", capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "an admin acts in every region" in r.stderr

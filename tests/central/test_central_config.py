@@ -96,3 +96,28 @@ def test_siaga_central_says_which_password_file_it_cannot_read(tmp_path):
                        text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 1
     assert f"{p}: mqtt.password_file: cannot read central.password: No such file or directory" in r.stderr, r.stderr
+
+
+def test_plain_http_off_loopback_and_a_public_page_without_its_address_are_refused(tmp_path):
+    text = problems(write(tmp_path, "registry: offices.yaml\napi:\n  host: 0.0.0.0\npublic:\n  url: https://s.example\n"))
+    assert "api: host '0.0.0.0' is not loopback" in text and "allow_plain_http: true" in text
+    text = problems(write(tmp_path, "registry: offices.yaml\napi:\n  host: 0.0.0.0\n  allow_plain_http: true\n"))
+    assert "public.url: required when the web server is reachable from outside" in text
+    text = problems(write(tmp_path, "registry: offices.yaml\napi:\n  secure_cookies: true\n"))
+    assert "public.url: required" in text and "behind a proxy" in text  # a proxy forwards any Host
+    ok = load(write(tmp_path, "registry: offices.yaml\napi:\n  host: 0.0.0.0\n  secure_cookies: true\n"
+                              "public:\n  url: https://s.example\n"))
+    assert ok.cfg.api.host == "0.0.0.0"
+
+
+def test_a_session_secret_others_may_read_is_refused(tmp_path):
+    from central.config import session_secret
+    secret = tmp_path / "session.secret"
+    secret.write_text("x" * 48 + "\n")
+    secret.chmod(0o644)
+    loaded = load(write(tmp_path, "registry: offices.yaml\napi:\n  session_secret_file: session.secret\n"))
+    with pytest.raises(ConfigError) as e:
+        session_secret(loaded)
+    assert "api.session_secret_file" in str(e.value) and "chmod 600" in str(e.value)
+    secret.chmod(0o600)
+    assert session_secret(loaded) == b"x" * 48

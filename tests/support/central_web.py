@@ -132,21 +132,23 @@ class CentralWeb:
         self.coord.stop()
 
 
-def start_central_web(tmp: Path, broker: Broker, *, registry: dict | None = None, rules: dict | None = None) -> CentralWeb:
+def start_central_web(tmp: Path, broker: Broker, *, registry: dict | None = None, rules: dict | None = None,
+                      **top) -> CentralWeb:
     import uvicorn
 
     from central.app import make_app
     from central.config import load
+    from central.main import server_options
     from central.service.coordinator import spawn
 
-    cfg = central_config(tmp, broker.port, registry=registry, rules=rules or {"heartbeat_timeout_s": 60})
+    cfg = central_config(tmp, broker.port, registry=registry, rules=rules or {"heartbeat_timeout_s": 60}, **top)
     loaded = load(cfg)
     clock = Clock()
     store = str(tmp / "central.db")
     coord = spawn(loaded, store, clock=clock)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(coord, store), host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
+                                           access_log=False, **server_options(loaded.cfg.api)))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()
     cw = CentralWeb(broker, coord, clock, port, server, thread)

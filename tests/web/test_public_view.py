@@ -17,7 +17,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from agent import wire
-from central.config import ConfigError, PublicConfig, load
+from central.config import ApiConfig, ConfigError, PublicConfig, load
 from central.rules import advisories, fleet
 from central.rules.settings import Office, Rules, ServiceDef
 from central.web import public_view
@@ -112,7 +112,7 @@ class StubCoordinator:
 
     def __init__(self, snap: dict, now: float, public: PublicConfig) -> None:
         self.snapshot, self.now = snap, now
-        self.cfg = type("Cfg", (), {"public": public})()
+        self.cfg = type("Cfg", (), {"public": public, "api": ApiConfig()})()
 
     def clock(self) -> float:
         return self.now
