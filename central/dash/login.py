@@ -64,6 +64,7 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
         if busy[0] >= parallel_checks:
             return page(request, error=("busy", 0), status=429, next=nxt)
         busy[0] += 1
+        held = True
         try:
             user = await on_pool(lookup, name)
             if user is not None:
@@ -72,14 +73,18 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
             attempt = limiter.attempt(keys, keyed)
             if not attempt.ok:
                 return page(request, error=("locked", int(attempt.left_s // 60) + 1), status=429, next=nxt)
-            if limiter.recent(keys[2]) > limits["user"]:  # many failures on this account: one at a time, slowly
+            if limiter.recent(keys[2]) > limits["user"]:
+                # many attempts on this account from anywhere: its passwords one at a time, slowly
+                # (waiting here holds no place among the parallel checks)
+                busy[0], held = busy[0] - 1, False
                 async with slow.setdefault(name, asyncio.Lock()):
                     await asyncio.sleep(slowdown_s)
                     ok = await on_pool(check_password, user, password)
             else:
                 ok = await on_pool(check_password, user, password)
         finally:
-            busy[0] -= 1
+            if held:
+                busy[0] -= 1
         if not ok:
             await run_in_threadpool(audit, name or "?", "login_failed", {"address": addr})
             if attempt.locks:
