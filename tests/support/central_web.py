@@ -141,12 +141,15 @@ def start_central_web(tmp: Path, broker: Broker, *, registry: dict | None = None
     from central.main import server_options
     from central.service.coordinator import spawn
 
-    cfg = central_config(tmp, broker.port, registry=registry, rules=rules or {"heartbeat_timeout_s": 60}, **top)
+    port = free_port()  # the config's own address: the public page's fallback address (no public.url)
+    if "api" in top:
+        top["api"] = {"host": "127.0.0.1", **top["api"], "port": port}
+    cfg = central_config(tmp, broker.port, api_port=port, registry=registry, rules=rules or {"heartbeat_timeout_s": 60},
+                         **top)
     loaded = load(cfg)
     clock = Clock()
     store = str(tmp / "central.db")
     coord = spawn(loaded, store, clock=clock)
-    port = free_port()
     server = uvicorn.Server(uvicorn.Config(make_app(coord, store), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, **server_options(loaded.cfg.api)))
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
