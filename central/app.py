@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from central.accounts import Directory, Limiter
 from central.api import Reader, add_api
-from central.auth import AuthMiddleware, Sessions
+from central.auth import AuthMiddleware, ClientAddress, Sessions
 from central.dash import pages as dash_pages
 from central.dash.live import Hub
 from central.dash.login import add_login
@@ -19,11 +19,15 @@ from central.store import Store
 from central.web.app import mount as mount_web
 
 
-def _users(store_path: str) -> list[dict]:
+def _users(store_path: str, read: Reader) -> list[dict]:
     """The accounts, read on a connection of their own: a long-lived read-only SQLite connection
     can go on seeing an old picture after `siaga central user` (the last writer) removed the WAL
-    file, and a revoked token or a disabled account must stop working."""
-    s = Store(store_path, readonly=True)
+    file, and a revoked token or a disabled account must stop working. (If a new connection cannot
+    be opened, the shared reader's.)"""
+    try:
+        s = Store(store_path, readonly=True)
+    except Exception:  # noqa: BLE001 - e.g. SQLite cannot open read-only without its -shm file
+        return read(lambda r: r.users())
     try:
         return s.users()
     finally:
@@ -44,7 +48,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     hub = Hub(dash_pages.LiveRender(pages))
     coord.listeners.append(hub.offer)
     app.include_router(dash_pages.router(coord, read, pages, hub))
-    directory = Directory(lambda: _users(store_path))
+    directory = Directory(lambda: _users(store_path, read))
     sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
     limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)
 
@@ -57,5 +61,6 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
               slowdown_s=api.login_slowdown_s, logged_out=sessions.end)
     app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies,
                        max_body_bytes=api.max_body_bytes)
+    app.add_middleware(ClientAddress, trusted=api.trusted_proxies)
     app.state.directory, app.state.sessions, app.state.limiter, app.state.hub = directory, sessions, limiter, hub
     return app

@@ -249,6 +249,26 @@ def _replay(body: bytes, then):
     return receive
 
 
+class ClientAddress:
+    """Outermost: keeps the socket's address (``state["socket"]``, for the audit log) and, only for a
+    request from ``trusted`` (``api.trusted_proxies``), takes the client from X-Forwarded-For/-Proto
+    (uvicorn's ProxyHeadersMiddleware); from anyone else those headers mean nothing."""
+
+    def __init__(self, app, trusted: list[str]) -> None:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        self.inner = ProxyHeadersMiddleware(app, trusted_hosts=list(trusted)) if trusted else app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket") and scope.get("client"):
+            scope.setdefault("state", {})["socket"] = scope["client"][0]
+        await self.inner(scope, receive, send)
+
+
+def socket_address(conn: HTTPConnection) -> str | None:
+    return conn.scope.get("state", {}).get("socket")
+
+
 def actor(conn: HTTPConnection) -> Actor | None:
     return conn.scope.get("state", {}).get("actor")
 

@@ -393,6 +393,9 @@ def session_secret(loaded: Loaded) -> bytes | None:
     if len(secret) < 32:
         raise ConfigError([Problem("api.session_secret_file", None, f"{f}: the secret is shorter than 32 bytes")],
                           str(loaded.path))
+    if len(set(secret)) < 12:
+        raise ConfigError([Problem("api.session_secret_file", None, f"{f}: the secret has fewer than 12 different "
+                                   "characters: not random (e.g. head -c 48 /dev/urandom | base64)")], str(loaded.path))
     return secret
 
 

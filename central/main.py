@@ -14,9 +14,9 @@ from central.config import ConfigError, load, password, session_secret, store_lo
 
 def server_options(api) -> dict:
     """uvicorn's settings from ``api:`` (shared with the test rigs, so they serve as this does):
-    connections capped, X-Forwarded-* believed only from ``api.trusted_proxies``."""
-    return {"limit_concurrency": api.max_connections, "proxy_headers": bool(api.trusted_proxies),
-            "forwarded_allow_ips": ",".join(api.trusted_proxies) or "", "server_header": False}
+    connections capped; uvicorn's own X-Forwarded-* handling off (the app believes them only from
+    ``api.trusted_proxies``, and keeps the socket's address: central.auth.ClientAddress)."""
+    return {"limit_concurrency": api.max_connections, "proxy_headers": False, "server_header": False}
 
 
 def main(config_path: str, log_level: str = "INFO") -> int:

@@ -17,7 +17,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from central.accounts import Directory, Limiter, check_password
-from central.auth import Sessions, actor, replace_session, session
+from central.auth import Sessions, actor, replace_session, session, socket_address
 
 log = logging.getLogger("siaga.central.login")
 
@@ -61,6 +61,7 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
         password = (form.get("password") or [""])[0]
         nxt = safe_next((form.get("next") or ["/"])[0])
         addr = request.client.host if request.client else "?"
+        where = {"address": addr} | ({"via": via} if (via := socket_address(request)) not in (None, addr) else {})
         if busy[0] >= parallel_checks:
             return page(request, error=("busy", 0), status=429, next=nxt)
         busy[0] += 1
@@ -86,15 +87,15 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
             if held:
                 busy[0] -= 1
         if not ok:
-            await run_in_threadpool(audit, name or "?", "login_failed", {"address": addr})
+            await run_in_threadpool(audit, name or "?", "login_failed", where)
             if attempt.locks:
                 await run_in_threadpool(audit, name or "?", "login_locked_out",
-                                        {"address": addr, "locked": list(attempt.locks),
+                                        where | {"locked": list(attempt.locks),
                                          "minutes": int(limiter.lockout_s // 60)})
             return page(request, error=("wrong", 0), status=401, next=nxt)
         limiter.succeeded(keys, attempt, clear=keys[:1] + keys[2:])
         replace_session(request, sessions.new(user))  # a new session id and CSRF token: no fixation
-        await run_in_threadpool(audit, name, "login", {"address": addr})
+        await run_in_threadpool(audit, name, "login", where)
         return RedirectResponse(nxt, 303)
 
     @app.post("/logout", include_in_schema=False)

@@ -256,3 +256,16 @@ def test_an_admin_with_a_region_is_refused(site):
                         "--region", "Kalimantan Barat", "--config", str(cfg)],
                        cwd=ROOT, input="a long password\n", capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "an admin acts in every region" in r.stderr
+
+
+def test_x_forwarded_for_is_believed_from_a_trusted_proxy_only_and_the_socket_is_kept(site, monkeypatch):
+    coord, app, db, tokens, cfg = site
+    api = coord.cfg.api.model_copy(update={"trusted_proxies": ["testclient"]})  # TestClient's address
+    monkeypatch.setattr(coord, "cfg", coord.cfg.model_copy(update={"api": api}))
+    behind = browser(make_app(coord, db))
+    token = csrf_of(behind.get("/login").text)
+    r = behind.post("/login", data={"username": "proxied", "password": "wrong password", "csrf": token},
+                    headers={"X-Forwarded-For": "203.0.113.9"})
+    assert r.status_code == 401
+    rows = until("the audit", lambda: [e for e in coord.call(lambda: coord.store.audit_log()) if e["who"] == "proxied"])
+    assert rows[0]["detail"] == {"address": "203.0.113.9", "via": "testclient"}

@@ -120,4 +120,8 @@ def test_a_session_secret_others_may_read_is_refused(tmp_path):
         session_secret(loaded)
     assert "api.session_secret_file" in str(e.value) and "chmod 600" in str(e.value)
     secret.chmod(0o600)
-    assert session_secret(loaded) == b"x" * 48
+    with pytest.raises(ConfigError) as e:
+        session_secret(loaded)
+    assert "fewer than 12 different characters" in str(e.value)  # 48 times "x": not a secret
+    secret.write_text("q8Zk1vT0yP3mW7rN2bL5xH9cJ4fG6dS8aE1uR0iO3pK7lM2nB5vC9zX4" + "\n")
+    assert session_secret(loaded).startswith(b"q8Zk")
