@@ -22,7 +22,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 
 from agent import wire  # noqa: E402
-from benchlib import git_rev  # noqa: E402
+from benchlib import central_files, git_rev, pct  # noqa: E402
 from central_rig import account  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 from nut_helpers import free_port  # noqa: E402
@@ -59,11 +58,6 @@ def registry(n: int) -> dict:
     return {"services": {"interview_biometrics": {"label": "Interview", "requires": ["power"]}}, "offices": offices}
 
 
-def pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
 def cpu_s(pid: int) -> float:
@@ -97,11 +91,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-central-"))
     broker = start_broker(tmp, extra_conf="max_queued_messages 0\nmax_inflight_messages 0")
     api_port = free_port()
-    (tmp / "offices.yaml").write_text(yaml.safe_dump(registry(a.offices)))
-    (tmp / "central.yaml").write_text(yaml.safe_dump({
-        "registry": "offices.yaml", "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": None,
-                                             "client_id": "bench-central"},
-        "store": {"path": str(tmp / "central.db")}, "api": {"port": api_port}, "tick_s": 1.0}))
+    central_files(tmp, registry(a.offices), broker.port, api_port, "bench-central")
     procs: list = []
     pg = None
     store: dict = {"path": str(tmp / "central.db")}
@@ -329,7 +319,7 @@ def run(a, tmp: Path, broker, api_port: int, load0, procs: list, store: dict) ->
     print(f"coordinator CPU {res['coordinator_cpu_ms_per_1000_msgs']} ms per 1,000 messages "
           f"({res['coordinator_cpu_pct_of_a_core']} % of one core while publishing and draining)")
     ok = (a.offices >= 2000 and res["commit_p99_ms"] < 500 and central_rate >= 0.5 * sub_rate)
-    print("GOAL MET" if ok else f"GOAL MISSED (goal: 2,000 offices, p99 < 500 ms, >= half of mosquitto_sub's rate)")
+    print("GOAL MET" if ok else "GOAL MISSED (goal: 2,000 offices, p99 < 500 ms, >= half of mosquitto_sub's rate)")
     print("RESULT " + json.dumps(res))
     for c in clients:
         c.loop_stop()

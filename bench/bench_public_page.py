@@ -35,10 +35,9 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-import yaml  # noqa: E402
 
 from agent import wire  # noqa: E402
-from benchlib import git_rev  # noqa: E402
+from benchlib import central_files, git_rev, pct  # noqa: E402
 from central_rig import account  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 from nut_helpers import free_port  # noqa: E402
@@ -63,9 +62,6 @@ def registry(n: int) -> dict:
     return {"services": SERVICES, "offices": offices}
 
 
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))] if xs else float("nan")
 
 
 def publish_fleet(port: int, sites: list[str], dark: set[str]) -> None:
@@ -168,11 +164,7 @@ def main() -> int:
     broker = start_broker(tmp, extra_conf="max_queued_messages 0\nmax_inflight_messages 0")
     port = free_port()
     reg = registry(a.offices)
-    (tmp / "offices.yaml").write_text(yaml.safe_dump(reg))
-    (tmp / "central.yaml").write_text(yaml.safe_dump({
-        "registry": "offices.yaml", "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": None,
-                                             "client_id": "bench-public"},
-        "store": {"path": str(tmp / "central.db")}, "api": {"port": port}, "tick_s": 1.0}))
+    central_files(tmp, reg, broker.port, port, "bench-public")
     token = account(str(tmp / "central.db"), "bench", "viewer")  # its API token reads /metrics
     log = open(tmp / "central.log", "wb")
     central = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(tmp / "central.yaml"),

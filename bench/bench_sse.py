@@ -13,7 +13,6 @@ stream (p50/p95/p99/max over every stream and change), with the coordinator's CP
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import random
@@ -33,11 +32,10 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-import yaml  # noqa: E402
 
 from agent import wire  # noqa: E402
-from bench_central_ingest import pct, registry, rss_kib  # noqa: E402
-from benchlib import git_rev  # noqa: E402
+from bench_central_ingest import registry, rss_kib  # noqa: E402
+from benchlib import central_files, git_rev, pct  # noqa: E402
 from central_rig import account  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 from nut_helpers import free_port  # noqa: E402
@@ -151,11 +149,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-sse-"))
     broker = start_broker(tmp, extra_conf="max_queued_messages 0\nmax_inflight_messages 0")
     port = free_port()
-    (tmp / "offices.yaml").write_text(yaml.safe_dump(registry(a.offices)))
-    (tmp / "central.yaml").write_text(yaml.safe_dump({
-        "registry": "offices.yaml", "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": None,
-                                             "client_id": "bench-sse-central"},
-        "store": {"path": str(tmp / "central.db")}, "api": {"port": port}, "tick_s": 1.0}))
+    central_files(tmp, registry(a.offices), broker.port, port, "bench-sse-central")
     token = account(str(tmp / "central.db"), "bench", "viewer")
     log_f = open(tmp / "central.log", "wb")
     central = subprocess.Popen([sys.executable, "-m", "agent.cli", "central", "--config", str(tmp / "central.yaml"),
