@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from agent import wire
 from central.rules import fleet, serviceability
-from central.rules.geo import distance_km
+from central.rules.geo import NearestOrder, distance_km
 from central.rules.settings import Office, Rules
 
 
@@ -24,57 +24,48 @@ def service_table(offices: dict[str, Office], states: dict[str, fleet.OfficeStat
             for site, o in offices.items()}
 
 
-def serving_sets(offices: dict[str, Office], table: dict[str, dict[str, dict]]) -> dict[str, tuple[str, ...]]:
-    """service -> the offices serving it now (sorted)."""
-    out: dict[str, list[str]] = {}
-    for site in sorted(offices):
+def serving_sets(offices: dict[str, Office], table: dict[str, dict[str, dict]]) -> dict[str, frozenset[str]]:
+    """service -> the offices serving it now."""
+    out: dict[str, set[str]] = {}
+    for site in offices:
         for service, st in table.get(site, {}).items():
             if st["status"] == "serving":
-                out.setdefault(service, []).append(site)
-    return {k: tuple(v) for k, v in out.items()}
+                out.setdefault(service, set()).add(site)
+    return {k: frozenset(v) for k, v in out.items()}
 
 
-def _alternatives(site: str, service: str, offices: dict[str, Office], serving: tuple[str, ...],
-                  rules: Rules, cache: dict | None) -> list[dict]:
-    """The nearest offices serving ``service``. ``cache`` (optional, kept by the caller between
-    calls) remembers the answer per office and set of serving offices: with many offices out at
-    once this is the costly part (offices x serving offices distances)."""
-    key = (site, service, hash(serving))
-    if cache is not None and key in cache:
-        return cache[key]
+def _alternatives(site: str, service: str, offices: dict[str, Office], serving: frozenset[str],
+                  rules: Rules, order: NearestOrder) -> list[dict]:
+    """The nearest offices serving ``service``, with their distances."""
     here = offices[site]
     out = []
-    for other in serving:
-        if other == site:
-            continue
+    for other in order.nearest(site, serving, rules.advisory_nearest):
         o = offices[other]
         d = None
         if None not in (here.latitude, here.longitude, o.latitude, o.longitude):
             d = round(distance_km(here.latitude, here.longitude, o.latitude, o.longitude), 1)
         out.append({"site": other, "name": o.name, "region": o.region, "address": o.address,
                     "distance_km": d, "status": "serving"})
-    out.sort(key=lambda a: (a["distance_km"] is None, a["distance_km"] or 0.0, a["site"]))
-    out = out[: rules.advisory_nearest]
-    if cache is not None:
-        if len(cache) > 100_000:
-            cache.clear()
-        cache[key] = out
     return out
 
 
 def advisory(site: str, offices: dict[str, Office], table: dict[str, dict[str, dict]], state: fleet.OfficeState,
-             now: float, rules: Rules, cache: dict | None = None,
-             serving: dict[str, tuple[str, ...]] | None = None) -> dict:
+             now: float, rules: Rules, serving: dict[str, frozenset[str]] | None = None,
+             order: NearestOrder | None = None) -> dict:
     """The advisory of one office (the retained payload, JSON-ready). ``serving``
-    (:func:`serving_sets`) and ``cache`` save work when called for every office in turn."""
+    (:func:`serving_sets`) and ``order`` (:class:`~central.rules.geo.NearestOrder`, refreshed with
+    ``offices``) save work when called for every office in turn."""
     o = offices[site]
     serving = serving if serving is not None else serving_sets(offices, table)
+    if order is None:
+        order = NearestOrder()
+        order.refresh(offices)
     services = {}
     for name, st in table[site].items():
         sdef = rules.services.get(name)
         entry = {"label": sdef.label if sdef else name, "status": st["status"], "reason": st["reason"]}
         if st["status"] != "serving":
-            entry["alternatives"] = [dict(a) for a in _alternatives(site, name, offices, serving.get(name, ()), rules, cache)]
+            entry["alternatives"] = _alternatives(site, name, offices, serving.get(name, frozenset()), rules, order)
         services[name] = entry
     return {"v": wire.V, "site": site, "name": o.name, "region": o.region,
             "status": serviceability.office_status(table[site]),

@@ -61,6 +61,7 @@ class Coordinator:
         self.fleet = FleetBook(store, self.registry, self.metrics)
         self.ack_book = AckBook(store, self.rules, self.metrics, clock, retained)
         self.adv = AdvisoryPublisher(self.rules, retained)
+        self.adv.prepare(self.fleet.offices())  # before any message: a second's work at 2,000 offices
         hooks = [Hook(w.url, webhook_secret(loaded, i), frozenset(w.kinds), w.max_attempts, w.first_retry_s,
                       w.max_retry_s, w.timeout_s) for i, w in enumerate(self.cfg.webhooks)]
         self.webhooks = WebhookSender(hooks, lambda d: self.post(("delivery", d)), clock)

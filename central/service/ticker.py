@@ -66,7 +66,7 @@ class Ticker:
         if between is not None:
             self.ack_book.commit()
             between()
-        table, advs, national = self.adv.compute(offices, states, now)
+        table, advs, national = self.adv.compute(offices, states, now, between)
         self.ack_book.commit()
         if between is not None:
             between()

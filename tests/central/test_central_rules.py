@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from central.rules import advisories, alarms, fleet, incidents, serviceability
-from central.rules.geo import distance_km
+from central.rules.geo import NearestOrder, distance_km
+from central.rules.settings import Office
 from central_builders import OFFICES, RULES, alarms_state, mains, services, status, ups
 
 T0 = 1_800_000_000.0
@@ -98,6 +100,40 @@ def test_on_battery_is_limited_with_time_to_shutdown_fsd_is_not_serving_offline_
 def test_distances_are_great_circle_km():
     assert distance_km(1.3625, 109.3, 0.9061, 108.9872) == pytest.approx(61.5, abs=1.0)  # Sambas-Singkawang
     assert distance_km(0, 0, 0, 1) == pytest.approx(111.19, abs=0.01)
+
+
+_coords = st.one_of(st.none(), st.tuples(st.floats(-11, 6), st.floats(95, 141)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(coords=st.lists(_coords, min_size=1, max_size=40), data=st.data())
+def test_the_nearest_order_picks_what_measuring_every_distance_picks(coords, data):
+    """NearestOrder (kept orders, a short list, a scan when the short list has too few) against the
+    plain rule: serving offices by great-circle distance, those without coordinates last, by id."""
+    offices = {f"o{i:02d}": Office(f"o{i:02d}", "x", "r", *(c or (None, None)), ()) for i, c in enumerate(coords)}
+    sites = sorted(offices)
+    order = NearestOrder()
+    order.KEEP = data.draw(st.integers(1, 6))  # small: the scan is taken too
+    order.refresh(offices)
+    if data.draw(st.booleans()):
+        order.prepare()
+    for _ in range(3):  # the kept orders serve several rounds with different serving sets
+        site = data.draw(st.sampled_from(sites))
+        serving = frozenset(data.draw(st.lists(st.sampled_from(sites), max_size=len(sites))))
+        k = data.draw(st.integers(1, 5))
+        here = offices[site]
+
+        def dist(s):
+            o = offices[s]
+            if None in (here.latitude, o.latitude):
+                return None
+            return distance_km(here.latitude, here.longitude, o.latitude, o.longitude)
+
+        want = sorted((s for s in serving if s != site), key=lambda s: (dist(s) is None, dist(s) or 0.0, s))[:k]
+        got = order.nearest(site, serving, k)
+        assert len(got) == len(want) and site not in got and set(got) <= serving
+        # the same distances in the same order (ids may swap only between equally distant offices)
+        assert [dist(s) for s in got] == pytest.approx([dist(s) for s in want], abs=1e-6)
 
 
 def test_the_advisory_names_the_nearest_serving_office_and_never_a_stale_one():
