@@ -150,8 +150,8 @@ def router(coord: Any, pages: Pages, public_url: str) -> APIRouter:
                "base_url": base, "qs": "" if lang == DEFAULT else f"?lang={lang}"}
         return await run_in_threadpool(memo.body, pic, key, lambda: make(pic, lang, ctx))
 
-    @r.get("", response_class=HTMLResponse)
-    @r.get("/", response_class=HTMLResponse)
+    @r.api_route("", methods=["GET", "HEAD"], response_class=HTMLResponse)
+    @r.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def index(request: Request) -> Response:
         def make(pic: dict, lang: str, ctx: dict) -> str:
             trouble = [c for c in pic["offices"] if c["status"] != "serving"]
@@ -161,7 +161,7 @@ def router(coord: Any, pages: Pages, public_url: str) -> APIRouter:
                                 total=len(pic["offices"]), sms=sms, **ctx)
         return cached(request, await page(request, await picture(), ("index",), make))
 
-    @r.get("/region/{region}", response_class=HTMLResponse)
+    @r.api_route("/region/{region}", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def region(request: Request, region: str) -> Response:
         pic = await picture()
         found = pic["regions_by_slug"].get(region)
@@ -190,7 +190,7 @@ def router(coord: Any, pages: Pages, public_url: str) -> APIRouter:
             raise HTTPException(404, f"no office {site!r}")
         return pic, card
 
-    @r.get("/office/{site}", response_class=HTMLResponse)
+    @r.api_route("/office/{site}", methods=["GET", "HEAD"], response_class=HTMLResponse)
     async def office(request: Request, site: str) -> Response:
         pic, card = await one_office(site)
 
@@ -203,7 +203,7 @@ def router(coord: Any, pages: Pages, public_url: str) -> APIRouter:
                                 qr_url=url, sms=sms, **(ctx | {"alternatives_max": 99}))
         return cached(request, await page(request, pic, ("office", site), make))
 
-    @r.get("/office/{site}/sms.txt", response_class=PlainTextResponse)
+    @r.api_route("/office/{site}/sms.txt", methods=["GET", "HEAD"], response_class=PlainTextResponse)
     async def office_sms(request: Request, site: str) -> Response:
         pic, card = await one_office(site)
 

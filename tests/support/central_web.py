@@ -106,9 +106,9 @@ class CentralWeb:
             self.offices[site] = SimOffice(self.broker.port, site)
         return self.offices[site]
 
-    def get(self, path: str, headers: dict | None = None) -> tuple[int, Message, bytes]:
+    def get(self, path: str, headers: dict | None = None, method: str = "GET") -> tuple[int, Message, bytes]:
         """Status, headers (case-insensitive), body."""
-        req = urllib.request.Request(self.url + path, headers=headers or {})
+        req = urllib.request.Request(self.url + path, headers=headers or {}, method=method)
         try:
             with urllib.request.urlopen(req, timeout=20) as r:
                 return r.status, r.headers, r.read()

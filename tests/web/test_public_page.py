@@ -155,6 +155,10 @@ def test_public_pages_are_cacheable_and_need_no_login(rig):
         again, headers2, body2 = rig.get(path, {"If-None-Match": headers["ETag"]})
         # 304 unless the minute turned between the two requests (the body carries the time to the minute)
         assert again == 304 or (again == 200 and headers2["ETag"] != headers["ETag"]), path
+        # HEAD (link checkers, uptime monitors, `curl -I`): the same headers, no body
+        head, headers3, body3 = rig.get(path, method="HEAD")
+        assert head == 200 and body3 == b"" and headers3["Cache-Control"] == "public, max-age=30", path
+        assert headers3["Content-Type"] == headers["Content-Type"], path
     assert rig.get("/public/office/nowhere")[0] == 404
     assert rig.get("/public/region/nowhere")[0] == 404
     assert rig.get("/static/siaga.css")[0] == 200
