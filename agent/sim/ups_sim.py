@@ -346,13 +346,16 @@ class UpsSimulator:
         buf = b""
         master, wake = self._master, self._wake_r
         while not self._stop.is_set():
+            # Only APC smart mode has anything to do between commands (its alerts); otherwise
+            # sleep until a byte comes or _shut() writes to the wake pipe.
+            alerts = self.protocol == "apcsmart" and self._smart
             try:
-                rd, _, _ = select.select([master, wake], [], [], self.alert_check_s)
+                rd, _, _ = select.select([master, wake], [], [], self.alert_check_s if alerts else None)
             except (OSError, ValueError):
                 return
             if self._stop.is_set():
                 return
-            if self.protocol == "apcsmart" and self._smart:
+            if alerts:
                 self._check_alerts()
             if master not in rd:
                 continue

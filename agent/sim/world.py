@@ -6,6 +6,13 @@ its latest reading. The world is saved next to the store, so like a real generat
 state while the agent is killed and restarted (the relay lines hold their level meanwhile, as
 GPIO lines do when a process dies), which is what the restart tests rely on.
 
+The world steps on demand, not at a fixed rate (issue 15: a 20 ms step was most of the agent's
+idle CPU). Its thread sleeps on its inbox and steps when something arrives there (a ``sim``
+command, an FSD level, a UPS command from the pty, a relay the core has just set, ``stop``),
+when the plant changes by itself (``Plant.next_change``: an input level, the UPS flags or
+output, a runtime threshold the controller watches, the servers), and otherwise every
+``IDLE_S`` (``ON_BATTERY_S`` while the UPS is on battery, ``CRANK_S`` while the starter is on).
+
 ``plant_params`` is the one mapping from a site config to the plant, shared with ``siaga simulate``.
 """
 
@@ -55,7 +62,21 @@ SIM_HELP = """sim commands:
 class SimWorld:
     """The simulated plant, stepped in real time on its own thread (the plant's only owner)."""
 
-    STEP_S = 0.02
+    # The longest sleep between steps. Between the plant's own events only continuous values move
+    # (battery charge and runtime, fuel, run hours), and ``latest_ups`` is what the UPS simulator
+    # answers the agent's polls with (ups.poll_interval_s: 1 s by default, 0.2 s at least). On
+    # mains the reading is still or creeps (a full recharge takes 8 h: in 0.5 s the battery moves
+    # 0.1 mV, far below the last digit of the Q1 battery volts), so 0.5 s is plenty; every
+    # threshold the agent acts on (low battery, the runtime margins in ``watch_runtime_s``, a
+    # flat battery, the output going off) is a plant event the world wakes for on time.
+    IDLE_S = 0.5
+    # On battery the runtime falls one second per second and a small test battery (175 s) moves
+    # its volts 0.04 V a second: a step every 0.1 s keeps the reading within half of the shortest
+    # poll interval, for the minutes an outage lasts.
+    ON_BATTERY_S = 0.1
+    # A starter relay can also be released by the pins' own hard-cap timer (agent.pins), off
+    # the core and so with no wake: look at the relays often while it is on (seconds at most).
+    CRANK_S = 0.05
 
     def __init__(self, cfg: config.SiteConfig, factory, core: Core, path: str) -> None:
         self.cfg, self.core, self.path = cfg, core, path
@@ -67,9 +88,7 @@ class SimWorld:
         self.latest_ups = self.plant.ups_reading()  # read by the UPS simulator's thread (one reference swap)
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.start_drops = 0
-        self._next_save = now
         self._save_failed = False
-        self._stop = threading.Event()
 
     def _load(self, now: float) -> Plant | None:
         # Only ever a file this agent wrote in its own storage directory (simulation only).
@@ -107,12 +126,17 @@ class SimWorld:
         return t
 
     def stop(self) -> None:
-        self._stop.set()
+        self.inbox.put(("stop", None, None))
 
     def on_effects(self, records, effects) -> None:  # core sink (core thread): hand over only
+        wake = False
         for e in effects:
             if isinstance(e, amf_types.FsdRequest):
                 self.inbox.put(("fsd", e.active, None))
+            elif isinstance(e, amf_types.SetOutput):
+                wake = True  # the core has set the relay pin already (Core._after_commit)
+        if wake:
+            self.inbox.put(("relay", None, None))
 
     def command(self, words: list[str]) -> str:  # ctl thread
         box: queue.SimpleQueue = queue.SimpleQueue()
@@ -123,36 +147,66 @@ class SimWorld:
             return "ERROR: the simulated plant did not answer"
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.STEP_S):
-            self.step(time.monotonic())
+        item = None
+        while self.step(time.monotonic(), item):
+            try:
+                item = self.inbox.get(timeout=self._sleep_s())
+            except queue.Empty:
+                item = None
         self.save()
 
-    def step(self, now: float) -> None:
+    def _sleep_s(self) -> float:
+        """How long the world may sleep after a step: until the plant's next change of its own,
+        at most the period that keeps the UPS reading (and a crank the hard cap released) fresh."""
+        p = self.plant
+        period = (self.CRANK_S if p.outputs.get("crank") else self.ON_BATTERY_S if self.latest_ups.on_battery
+                  else self.IDLE_S)
+        nxt = p.next_change(p.t)  # the plant is at the step's time already
+        left = period if nxt is None else min(period, nxt - time.monotonic())
+        return max(0.0, left)
+
+    def step(self, now: float, item: tuple | None = None) -> bool:
+        """Bring the world to ``now``: ``item`` and everything queued behind it, the relays, the
+        input pins, the UPS reading. The world is saved when anything but time moved it (a
+        restart resumes from the file and ``advance`` replays time exactly). False once stopped."""
         p = self.plant
         p.advance(now)
+        items = [item] if item is not None else []
         while True:
             try:
-                kind, arg, reply = self.inbox.get_nowait()
+                items.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
-            if kind == "fsd":
+        running, changed, replies = True, False, []
+        for kind, arg, reply in items:
+            if kind == "stop":
+                running = False
+            elif kind == "relay":
+                pass  # push_outputs below reads the relay pins
+            elif kind == "fsd":
                 p.set_fsd(now, arg)
+                changed = True
             elif kind == "ups_cmd":  # from the UPS simulator: S..R.., C, T... act on the plant here
                 plant_command_handler(p, lambda: now)(arg)
+                changed = True
             else:
-                reply(self._sim_command(arg, now))
+                answer = self._sim_command(arg, now)
+                replies.append((reply, answer))
+                changed |= answer == "OK"  # a change; status, help and errors change nothing
         before = p.outputs.get("start")
-        self.hw.push_outputs(now)
+        changed |= self.hw.push_outputs(now)
         if before and not p.outputs.get("start"):
             self.start_drops += 1
-        self.hw.drive_inputs()  # gpiozero callbacks -> core.post, from this thread (like lgpio's)
+        changed |= self.hw.drive_inputs()  # gpiozero callbacks -> core.post, from this thread (like lgpio's)
         self.latest_ups = p.ups_reading()  # the UPS simulator on the pty answers from this
         for t, name, detail in p.drain_log():
             log.info("plant %s %s", name, detail)
-        if now >= self._next_save:
+            changed = True  # a change of its own (the ATS arrived, the servers halted...)
+        if changed:
             self.save()
-            self._next_save = now + 0.2
-
+        for reply, answer in replies:  # after the save: an OK means the world has it on disk
+            reply(answer)
+        return running
     def status(self) -> dict[str, Any]:
         p, r = self.plant, self.plant.ups_reading()
         return {"mains": p.mains.present, "generator_running": p.generator.ac_on, "ats": p.ats.position,
@@ -194,5 +248,4 @@ class SimWorld:
                 return SIM_HELP
             case _:
                 return f"ERROR: unknown sim command {' '.join(words)!r}\n{SIM_HELP}"
-        self.save()
-        return "OK"
+        return "OK"  # saved by step() before this answer goes out

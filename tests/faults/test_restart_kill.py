@@ -56,7 +56,7 @@ def test_sigkill_in_every_state(state: str, tmp_path: Path) -> None:
         world_before = agent.world()
         journal_before = agent.journal()
         # Carrying: the controller keeps the load on the generator (ON_GENERATOR, MAINS_RETURNING)
-        # and the world shows it there (the world follows the relays within one 20 ms step).
+        # and the world shows it there (the core's sink wakes the world for every relay it sets).
         carrying = (state in ("ON_GENERATOR", "MAINS_RETURNING") and world_before["ats"] == "generator"
                     and world_before["generator_running"])
         agent.kill()
