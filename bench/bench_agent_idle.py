@@ -5,8 +5,9 @@ Two runs of the real `siaga run`, one process each, nothing happening (mains pre
 * `pi-like`: hardware real with gpiozero's mock pins, the UPS read over a pty from a separate
   `siaga ups sim` process, the NUT server and MQTT to a local Mosquitto: the closest to a Pi
   here (no simulated world in the agent's process);
-* `simulated`: `hardware: simulated` (the plant stepped every 20 ms and the UPS simulator on a
-  pty inside the agent's process), as `siaga demo` runs its offices.
+* `simulated`: `hardware: simulated` (the plant stepped on demand, at most every 0.5 s when
+  nothing happens, and the UPS simulator on a pty inside the agent's process), as `siaga demo`
+  runs its offices.
 
 CPU is utime+stime from /proc/<pid>/stat over the window (after a warm-up); memory is VmRSS at
 the end and VmHWM (peak). Goal (issue 15): under 45 MB and under 1 % of one core.
