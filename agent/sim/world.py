@@ -207,6 +207,7 @@ class SimWorld:
         for reply, answer in replies:  # after the save: an OK means the world has it on disk
             reply(answer)
         return running
+
     def status(self) -> dict[str, Any]:
         p, r = self.plant, self.plant.ups_reading()
         return {"mains": p.mains.present, "generator_running": p.generator.ac_on, "ats": p.ats.position,
