@@ -1,8 +1,8 @@
 """Advisories on the wire: each office's advisory retained on ``siaga/_central/advisory/<site>``
 and the national notice on ``siaga/_central/national``, published when they change and renewed
 before their TTL, at most :data:`ADVISORIES_PER_TICK` a tick. Owns what was last sent (body,
-time) and the offices' nearest-first orders (:class:`central.rules.geo.NearestOrder`); the owner thread alone
-calls it."""
+time) and the offices' nearest-first orders (:class:`central.rules.geo.NearestOrder`); the owner
+thread alone calls it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Callable
 
 from agent import wire
 from central.rules import advisories, fleet
+from central.rules.geo import NearestOrder
 from central.rules.settings import Office, Rules
 
 ADVISORIES_PER_TICK = 100
@@ -23,7 +24,7 @@ class AdvisoryPublisher:
     def __init__(self, rules: Rules, publish: Callable[[str, bytes], None] | None) -> None:
         self.rules, self._publish = rules, publish
         self._sent: dict[str, tuple[dict, float]] = {}  # site ("" national) -> (body, when)
-        self._order = advisories.NearestOrder()
+        self._order = NearestOrder()
 
     def prepare(self, offices: dict[str, Office]) -> None:
         """At start: every office's nearest-first order (see NearestOrder.prepare)."""
