@@ -6,13 +6,20 @@ Two runs of the real `siaga run`, one process each, nothing happening (mains pre
   `siaga ups sim` process, the NUT server and MQTT to a local Mosquitto: the closest to a Pi
   here (no simulated world in the agent's process);
 * `simulated`: `hardware: simulated` (the plant stepped on demand, at most every 0.5 s when
-  nothing happens, and the UPS simulator on a pty inside the agent's process), as `siaga demo`
-  runs its offices.
+  nothing happens, and the UPS simulator on a pty inside the agent's process), the configuration
+  `siaga demo` gives its offices.
 
 CPU is utime+stime from /proc/<pid>/stat over the window (after a warm-up); memory is VmRSS at
 the end and VmHWM (peak). Goal (issue 15): under 45 MB and under 1 % of one core.
 
-    .venv/bin/python bench/bench_agent_idle.py [--window-s 60] [--warmup-s 10]
+Both run as the Pi's unit runs the agent (`deploy/systemd/siaga-agent.service`): `python -OO`
+(no docstrings, no asserts) from bytecode compiled ahead for it, as `deploy/install-pi.sh` does
+with `deploy/precompile.sh`; here into this checkout's `var/pycache-unit`. The bench checks that
+the agent's imports load nothing from source (a module compiled at start leaves the compiler's
+garbage in the heap: about 2 MB when none is compiled ahead). `--as-checkout` runs `siaga run` as a
+checkout does instead (no -OO; bytecode of the agent's modules compiled ahead with compileall).
+
+    .venv/bin/python bench/bench_agent_idle.py [--window-s 60] [--warmup-s 10] [--as-checkout]
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 from benchlib import git_rev  # noqa: E402
-from agent_process import Agent, make_config  # noqa: E402
+from agent_process import PYCACHE, Agent, agent_env, make_config, unit_python_env  # noqa: E402
 from mosquitto_helpers import start_broker  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -65,7 +72,7 @@ def measure(agent: Agent, warmup_s: float, window_s: float) -> dict:
             "peak_rss_mb": round(hwm, 1), "window_s": round(t1 - t0, 1)}
 
 
-def run(kind: str, tmp: Path, broker, warmup_s: float, window_s: float) -> dict:
+def run(kind: str, tmp: Path, broker, warmup_s: float, window_s: float, env: dict) -> dict:
     mqtt = {"enabled": True, "host": broker.host, "port": broker.port, "telemetry_interval_s": 60}
     ups_sim = None
     if kind == "simulated":
@@ -82,7 +89,7 @@ def run(kind: str, tmp: Path, broker, warmup_s: float, window_s: float) -> dict:
             time.sleep(0.05)
         cfg = make_config(tmp, mqtt=mqtt, hardware="real", ups={"port": str(link)},
                           storage={"path": str(tmp / "siaga.db"), "synchronous": "full"})
-    agent = Agent(cfg, tmp)
+    agent = Agent(cfg, tmp, env)
     try:
         agent.start()
         return dict(measure(agent, warmup_s, window_s), kind=kind)
@@ -97,15 +104,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--window-s", type=float, default=60.0)
     ap.add_argument("--warmup-s", type=float, default=10.0)
+    ap.add_argument("--as-checkout", action="store_true", help="run the agent as a checkout does, not as the unit")
     a = ap.parse_args()
-    out = {"bench": "agent_idle", "rev": git_rev(), "goal": "rss < 45 MB, cpu < 1 % of one core", "runs": []}
+    if a.as_checkout:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "agent")], check=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONOPTIMIZE", "PYTHONPYCACHEPREFIX")}
+        how = "as a checkout runs it (agent bytecode compiled ahead)"
+    else:
+        t0 = time.monotonic()
+        n = subprocess.run(["sh", os.path.join(ROOT, "deploy", "precompile.sh"), sys.executable, str(PYCACHE),
+                            os.path.join(ROOT, "agent")], check=True, capture_output=True, text=True).stdout.strip()
+        print(f"precompile.sh: {n} files compiled into {PYCACHE} in {time.monotonic() - t0:.1f} s")
+        env = agent_env()
+        how = "as the unit runs it (" + " ".join(f"{k}={v}" for k, v in sorted(unit_python_env().items())) + ")"
+    loaded = subprocess.run([sys.executable, "-v", "-c", "import agent.cli, agent.runtime, agent.sim.world, "
+                             "agent.mqtt.link, agent.nut.server, agent.console.service"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, check=True).stderr
+    from_source = sum(ln.startswith("# code object from /") for ln in loaded.splitlines())
+    print(f"agent {how}; modules its imports compile from source: {from_source}")
+    out = {"bench": "agent_idle", "rev": git_rev(), "goal": "rss < 45 MB, cpu < 1 % of one core",
+           "run_as": how, "compiled_from_source": from_source, "runs": []}
     with tempfile.TemporaryDirectory() as d:
         broker = start_broker(Path(d) / "broker")
         try:
             for kind in ("pi-like", "simulated"):
                 tmp = Path(d) / kind
                 tmp.mkdir()
-                r = run(kind, tmp, broker, a.warmup_s, a.window_s)
+                r = run(kind, tmp, broker, a.warmup_s, a.window_s, env)
                 out["runs"].append(r)
                 print(f"{kind:10s} cpu {r['cpu_pct_of_one_core']:5.2f} % of one core   rss {r['rss_mb']:5.1f} MB"
                       f"   peak {r['peak_rss_mb']:5.1f} MB   over {r['window_s']} s")

@@ -167,6 +167,10 @@ install_all() {
     printf '%s\n' "$stamp" >"$(T "$OPT/.installed")"
     did "$OPT/venv: siaga[pi]"
   fi
+  # bytecode for the unit's `python -OO` (its PYTHONPYCACHEPREFIX); files up to date are left alone
+  local compiled
+  compiled="$(in_target sh "$OPT/src/deploy/precompile.sh" "$OPT/venv/bin/python" "$OPT/pycache")"
+  [ "$compiled" = 0 ] || did "$OPT/pycache ($compiled files compiled for python -OO)"
   if [ "$(readlink "$(T /usr/local/bin/siaga)" 2>/dev/null)" != "$OPT/venv/bin/siaga" ]; then
     mkdir -p "$(T /usr/local/bin)"; ln -sfn "$OPT/venv/bin/siaga" "$(T /usr/local/bin/siaga)"; did /usr/local/bin/siaga
   fi

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -18,6 +19,33 @@ import yaml
 from agent.ctl import request
 
 ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "deploy" / "systemd" / "siaga-agent.service"
+PYCACHE = ROOT / "var" / "pycache-unit"  # this checkout's stand-in for the Pi's /opt/siaga/pycache
+
+
+def unit_python_env() -> dict[str, str]:
+    """The interpreter settings the agent's systemd unit gives it (its PYTHON* ``Environment=``,
+    e.g. ``python -OO``), with the bytecode folder moved into this checkout: the tests and benches
+    run the agent as the Pi runs it."""
+    env = {}
+    for line in UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.split("=", 1)[1]):
+                key, _, value = item.partition("=")
+                if key.startswith("PYTHON"):
+                    env[key] = value
+    if "PYTHONPYCACHEPREFIX" in env:
+        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
+    return env
+
+
+def agent_env() -> dict[str, str]:
+    """This process's environment for an agent, with the unit's interpreter settings. Bytecode is
+    written (as the unit's Python tries to): each module is compiled for ``-OO`` once, not at every
+    agent start of the suite."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return env | unit_python_env()
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -55,14 +83,15 @@ def make_config(tmp: Path, crank: bool = False, **sections) -> Path:
 
 
 class Agent:
-    def __init__(self, cfg: Path, tmp: Path) -> None:
+    def __init__(self, cfg: Path, tmp: Path, env: dict[str, str] | None = None) -> None:
         self.cfg, self.tmp, self.sock = cfg, tmp, str(tmp / "ctl.sock")
+        self.env = agent_env() if env is None else env
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = open(self.tmp / "agent.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(self.cfg)],
-                                     cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT)
+                                     cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (self.tmp / "agent.log").read_text()
