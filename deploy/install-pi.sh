@@ -187,6 +187,7 @@ install_all() {
   local unit_changed udev_changed
   unit_changed="$(put_changed "$SRC/deploy/systemd/$UNIT" "/etc/systemd/system/$UNIT")"
   put "$SRC/firmware_config/pi/siaga-watchdog.conf" /etc/systemd/system.conf.d/siaga-watchdog.conf 644 root root
+  put "$SRC/firmware_config/pi/90siaga-pycache" /etc/apt/apt.conf.d/90siaga-pycache 644 root root  # recompile after apt
   udev_changed="$(put_changed "$SRC/firmware_config/pi/99-siaga-ups.rules" /etc/udev/rules.d/99-siaga-ups.rules)"
   [ "$unit_changed$udev_changed" = 00 ] || CHANGED=1
   if [ "$ROOT" = / ]; then
@@ -238,7 +239,8 @@ uninstall_all() {
     systemctl $(root_opt) --quiet disable "$UNIT" 2>/dev/null || true
   fi
   gone "/etc/systemd/system/$UNIT" "/etc/systemd/system/multi-user.target.wants/$UNIT" \
-       /etc/systemd/system.conf.d/siaga-watchdog.conf /etc/udev/rules.d/99-siaga-ups.rules /usr/local/bin/siaga
+       /etc/systemd/system.conf.d/siaga-watchdog.conf /etc/udev/rules.d/99-siaga-ups.rules /usr/local/bin/siaga \
+       /etc/apt/apt.conf.d/90siaga-pycache
   rmdir "$(T /etc/systemd/system.conf.d)" 2>/dev/null || true
   local cfg; cfg="$(T "$BOOT/config.txt")"
   if [ -f "$cfg" ] && grep -qxF "$BEGIN" "$cfg"; then

@@ -182,6 +182,24 @@ def test_install_twice_verify_and_uninstall(target: Path, script: Path) -> None:
     after = snapshot(target)
     assert after == before, {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
 
+    # python3 updated by apt: the apt hook compiles the changed module again for the unit (here a
+    # source made newer, then a package installed offline with the target's own apt)
+    assert "precompile.sh" in (target / "etc/apt/apt.conf.d/90siaga-pycache").read_text()
+    src = next(target.glob("usr/lib/python3.*/json/decoder.py"))
+    pyc = next(target.glob("opt/siaga/pycache/usr/lib/python3.*/json/decoder.cpython-*.opt-2.pyc"))
+    os.utime(src, (src.stat().st_atime, src.stat().st_mtime + 3600))
+
+    def pyc_matches_source() -> bool:  # a .pyc's header holds its source's mtime (PEP 552)
+        return int.from_bytes(pyc.read_bytes()[8:12], "little") == int(src.stat().st_mtime) & 0xFFFFFFFF
+
+    assert not pyc_matches_source()
+    (target / "tmp/dummy/DEBIAN").mkdir(parents=True)
+    (target / "tmp/dummy/DEBIAN/control").write_text(
+        "Package: siaga-test-dummy\nVersion: 1\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n")
+    run("chroot", target, "dpkg-deb", "--build", "/tmp/dummy", "/tmp/dummy.deb")
+    run("chroot", target, "apt-get", "install", "-y", "-q", "/tmp/dummy.deb")
+    assert pyc_matches_source()
+
     # the technician's config and the journal survive an uninstall
     (target / "etc/siaga/site.yaml").write_text((target / "etc/siaga/site.yaml").read_text() + "# edited on site\n")
     (target / "var/lib/siaga/siaga.db").write_bytes(b"journal")
@@ -189,7 +207,7 @@ def test_install_twice_verify_and_uninstall(target: Path, script: Path) -> None:
     assert "kept /etc/siaga" in out, out
     for gone in (f"etc/systemd/system/{UNIT}", f"etc/systemd/system/multi-user.target.wants/{UNIT}", "opt/siaga",
                  "usr/local/bin/siaga", "etc/udev/rules.d/99-siaga-ups.rules",
-                 "etc/systemd/system.conf.d/siaga-watchdog.conf", "var/cache/siaga"):
+                 "etc/systemd/system.conf.d/siaga-watchdog.conf", "var/cache/siaga", "etc/apt/apt.conf.d/90siaga-pycache"):
         assert not os.path.lexists(target / gone), gone
     assert (target / "boot/firmware/config.txt").read_text() == CONFIG_TXT
     assert (target / "boot/firmware/cmdline.txt").read_text() == CMDLINE
