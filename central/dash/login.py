@@ -7,7 +7,9 @@ slowdown per account), a fresh session (new id and CSRF token) on success, and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 from urllib.parse import parse_qs
@@ -29,6 +31,29 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+class KeyedLocks:
+    """One asyncio lock per key, kept only while someone holds or waits for it: a flood of names
+    leaves nothing behind. For the event loop's thread only."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # key -> (lock, [users])
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(key, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._locks[key]
+
+
 def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter: Limiter,
               limits: dict[str, int], audit: Callable[[str, str, dict], None],
               page: Callable[..., Response], parallel_checks: int = 2, slowdown_s: float = 2.0,
@@ -38,7 +63,7 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
     account's passwords are checked one at a time, ``slowdown_s`` apart."""
     pool = ThreadPoolExecutor(max_workers=parallel_checks, thread_name_prefix="login")
     busy = [0]  # checks running or waiting on the pool (the event loop's thread only)
-    slow: dict[str, asyncio.Lock] = {}
+    slow = KeyedLocks()
     keyed = {"acct": limits["user"], "ip": limits["ip"], "user": None}
 
     def lookup(name: str) -> dict | None:
@@ -78,7 +103,7 @@ def add_login(app: FastAPI, *, sessions: Sessions, directory: Directory, limiter
                 # many attempts on this account from anywhere: its passwords one at a time, slowly
                 # (waiting here holds no place among the parallel checks)
                 busy[0], held = busy[0] - 1, False
-                async with slow.setdefault(name, asyncio.Lock()):
+                async with slow.hold(name):
                     await asyncio.sleep(slowdown_s)
                     ok = await on_pool(check_password, user, password)
             else:

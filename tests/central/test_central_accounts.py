@@ -4,6 +4,7 @@ The coordinator runs in process without a broker; requests go through the whole 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -18,6 +19,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from central.accounts import Limiter
+from central.dash.login import KeyedLocks
 from central.app import make_app
 from central.config import load
 from central.rules.parse import Parsed
@@ -178,6 +180,37 @@ def test_the_limiter_forgets_after_the_lockout():
     assert lim.locked_for(["user:a"]) == 300
     now[0] += 301
     assert lim.locked_for(["user:a"]) == 0
+
+
+def test_the_per_account_login_slowdown_serialises_by_name_and_keeps_no_name_after():
+    async def scenario() -> list[str]:
+        locks, order = KeyedLocks(), []
+        first_in, second_may_go = asyncio.Event(), asyncio.Event()
+
+        async def one(key: str, tag: str, hold: asyncio.Event | None = None) -> None:
+            async with locks.hold(key):
+                order.append(f"{tag} in")
+                if hold is not None:
+                    first_in.set()
+                    await hold.wait()
+                order.append(f"{tag} out")
+
+        a = asyncio.create_task(one("ops", "a", second_may_go))
+        await first_in.wait()
+        b = asyncio.create_task(one("ops", "b"))   # same name: waits for a
+        c = asyncio.create_task(one("other", "c"))  # another name: does not
+        await c
+        assert order == ["a in", "c in", "c out"] and len(locks) == 1  # "ops": a holds it, b waits
+        second_may_go.set()
+        await asyncio.gather(a, b)
+        assert len(locks) == 0  # a flood of names would leave nothing behind
+        for n in range(1000):
+            async with locks.hold(f"made-up-{n}"):
+                pass
+        assert len(locks) == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["a in", "c in", "c out", "a out", "b in", "b out"]
 
 
 def test_siaga_central_user_commands_and_a_disabled_account(site):
