@@ -193,7 +193,9 @@ def test_security_headers_and_websockets_are_refused(web):
     r = client(web).get("/login")
     h = r.headers
     assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
-    assert "frame-ancestors 'none'" in h["content-security-policy"] and h["referrer-policy"] == "same-origin"
+    csp = h["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self';" in csp and "object-src 'none'" in csp
+    assert h["referrer-policy"] == "same-origin"
     assert client(web).get("/public/").headers["x-content-type-options"] == "nosniff"
     r = client(web).get("/api/fleet", headers={"Connection": "Upgrade", "Upgrade": "websocket",
                                                "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})

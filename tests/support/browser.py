@@ -62,12 +62,18 @@ def browser() -> Iterator:
 
 
 def _page(browser, **opts) -> Iterator:
+    """A page in a context of its own. Whatever the page tried that the site's
+    Content-Security-Policy refused (Chromium says so on the console) fails the test."""
     ctx = browser.new_context(**opts)
     ctx.set_default_timeout(30_000)
+    refused: list[str] = []
     try:
-        yield ctx.new_page()
+        page = ctx.new_page()
+        page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+        yield page
     finally:
         ctx.close()
+    assert not refused, f"refused by the Content-Security-Policy: {refused}"
 
 
 @pytest.fixture

@@ -214,6 +214,9 @@ def test_every_page_renders_office_names_as_text_and_is_kept_as_a_screenshot(rig
     page.click("table.incidents a >> nth=0")
     page.wait_for_selector("table.report")
     screenshot(page, "dashboard-incident")
+    page.evaluate("window.print = () => { window.printed = true; }")  # the button, under the CSP
+    page.click("button[data-print]")
+    page.wait_for_function("window.printed === true")
     page.goto(page.url + "?print=1")
     screenshot(page, "dashboard-incident-print")
     page.goto(f"{rig.url}/?lang=en")

@@ -62,7 +62,9 @@
   });
 
   document.addEventListener("click", function (ev) {
-    var b = ev.target, f = b.closest && b.closest(".cmdform");
+    var b = ev.target;
+    if (b.closest && b.closest("[data-print]")) { window.print(); return; }  // no inline handlers: CSP
+    var f = b.closest && b.closest(".cmdform");
     if (!f) return;
     if (b.classList.contains("no")) { f.querySelector(".confirm").hidden = true; }
     if (b.classList.contains("yes")) {
