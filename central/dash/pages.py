@@ -54,7 +54,8 @@ def parts(pages: Pages, lang: str, region_acts: Actor | None = None) -> Any:
     l10n = pages.l10n(lang)
     return pages.env.get_template("_parts.html").make_module(
         {"l10n": l10n, "lang": l10n.lang, "langs": LANGS, "now": time.time(), "STATE_TEXT": view.STATE_TEXT,
-         "POWER_TEXT": view.POWER_TEXT, "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT})
+         "POWER_TEXT": view.POWER_TEXT, "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT,
+         "RANK": view.RANK})
 
 
 def variants(pages: Pages, fn) -> dict[str, Any]:
@@ -156,7 +157,7 @@ def router(coord: Coordinator, read: Reader, pages: Pages, hub: Hub) -> APIRoute
         a = actor(request)
         return {"me": a, "csrf": session(request)["csrf"], "path": request.url.path,
                 "query": request.url.query, "STATE_TEXT": view.STATE_TEXT, "POWER_TEXT": view.POWER_TEXT,
-                "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT, "now": time.time()}
+                "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT, "RANK": view.RANK, "now": time.time()}
 
     def respond(request: Request, name: str, **ctx: Any) -> Response:
         lang = lang_of(request)

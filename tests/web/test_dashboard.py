@@ -27,6 +27,7 @@ from mosquitto_helpers import start_broker
 ROOT = Path(__file__).resolve().parents[2]
 TROUBLE = {"kupang": 1500.0, "ketapang": 2700.0, "pontianak": 4000.0}  # on battery (runtime s) from the start
 WATCHED = "makassar"  # loses mains during a test
+REGION = "Sulawesi Selatan"  # WATCHED's, every office in it serving until then
 ALARMED = "ambon"
 
 
@@ -108,6 +109,12 @@ def wide_id_page(browser):
         ctx.close()
 
 
+def listing(page) -> list[tuple[str, list[str]]]:
+    """The office list as shown: each region with its cards' ids, in page order."""
+    return [tuple(g) for g in page.locator(".regions .region").evaluate_all(
+        "gs => gs.map(g => [g.dataset.region, Array.from(g.querySelectorAll('.card'), c => c.id)])")]
+
+
 def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, wide_id_page):
     page = wide_id_page
     log_in(page, rig, "budi")
@@ -122,6 +129,7 @@ def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, wide_id_pag
     if os.environ.get("SIAGA_UPDATE_DOC_IMAGES") == "1":  # the README's picture, refreshed on request only
         shutil.copy(shot, ROOT / "docs" / "img" / "dashboard.png")
 
+    before = listing(page)
     t0 = time.monotonic()
     publish_as(rig, WATCHED).on_battery(runtime_s=3300.0)
     page.wait_for_selector(f"#q-{WATCHED}", timeout=30_000)
@@ -137,6 +145,14 @@ def test_the_dashboard_shows_every_office_and_a_mains_loss_live(rig, wide_id_pag
     page.wait_for_function(f"(+document.querySelector('#q-{WATCHED} .countdown').textContent) <= 45", timeout=30_000)
     assert int(page.locator(f"#q-{WATCHED} .countdown").inner_text()) >= 40
     screenshot(page, "dashboard-fleet-mains-lost")
+    # the office list re-sorted live: its region moved up among the regions in trouble, in the
+    # order the server gives the same list on a fresh load
+    live = listing(page)
+    assert live != before and [g for g, _ in live].index(REGION) < [g for g, _ in before].index(REGION)
+    fresh = page.context.new_page()
+    fresh.goto(page.url)
+    assert listing(fresh) == live
+    assert page.evaluate("window.notReloaded") is True
 
 
 def test_an_acknowledgement_with_a_note_shows_live_in_a_second_browser(rig, browser):

@@ -17,6 +17,24 @@
     return n;
   }
 
+  // The office list stays in the server's order (central/dash/view.py select()) as states change:
+  // within a region trouble first (data-rank), then by name; the regions by their worst office, then
+  // by name. On this page only (a list longer than a page is re-sorted by the server on reload).
+  function byKey(a, b) { return a.k[0] - b.k[0] || (a.k[1] < b.k[1] ? -1 : a.k[1] > b.k[1] ? 1 : 0); }
+  function reorder(parent, key) {
+    Array.prototype.map.call(parent.children, function (el) { return { k: key(el), el: el }; })
+      .sort(byKey).forEach(function (p) { parent.appendChild(p.el); });
+  }
+  function resort(card) {
+    var cards = card && card.parentElement, region = cards && cards.closest(".region");
+    if (!region || !region.parentElement) return;
+    var rank = function (c) { return parseInt(c.dataset.rank, 10); };
+    reorder(cards, function (c) { return [rank(c), c.querySelector(".nm").textContent]; });
+    reorder(region.parentElement, function (g) {
+      return [Math.min.apply(null, Array.prototype.map.call(g.querySelectorAll(".card"), rank)), g.dataset.region];
+    });
+  }
+
   function tick() {
     var now = Date.now() / 1000 + skew;
     document.querySelectorAll(".countdown[data-dark-at]").forEach(function (el) {
@@ -87,7 +105,7 @@
     es.onerror = function () { if (state) { state.textContent = state.dataset.lost; state.className = "live lost"; } };
     var on = function (type, fn) { es.addEventListener(type, function (e) { fn(JSON.parse(e.data)); tick(); }); };
     on("office", function (d) {
-      swap("card-" + d.site, d.html);
+      resort(swap("card-" + d.site, d.html));
       var dot = document.getElementById("dot-" + d.site);
       if (dot) { dot.setAttribute("class", "dot st-" + d.state); dot.setAttribute("r", (d.state === "dark" || d.state === "not_serving") ? 9 : 6); }
     });
