@@ -39,7 +39,8 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "support"))
 
 from benchlib import git_rev  # noqa: E402
-from agent_process import PYCACHE, Agent, agent_env, make_config, unit_python_env  # noqa: E402
+from agent_process import (AGENT_IMPORTS, PYCACHE, Agent, agent_env, compiled_from_source,  # noqa: E402
+                           make_config, unit_python_env)
 from mosquitto_helpers import start_broker  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -117,10 +118,9 @@ def main() -> int:
         print(f"precompile.sh: {n} files compiled into {PYCACHE} in {time.monotonic() - t0:.1f} s")
         env = agent_env()
         how = "as the unit runs it (" + " ".join(f"{k}={v}" for k, v in sorted(unit_python_env().items())) + ")"
-    loaded = subprocess.run([sys.executable, "-v", "-c", "import agent.cli, agent.runtime, agent.sim.world, "
-                             "agent.mqtt.link, agent.nut.server, agent.console.service"],
+    loaded = subprocess.run([sys.executable, "-v", "-c", AGENT_IMPORTS],
                             cwd=ROOT, env=env, capture_output=True, text=True, check=True).stderr
-    from_source = sum(ln.startswith("# code object from /") for ln in loaded.splitlines())
+    from_source = len(compiled_from_source(loaded))
     print(f"agent {how}; modules its imports compile from source: {from_source}")
     out = {"bench": "agent_idle", "rev": git_rev(), "goal": "rss < 45 MB, cpu < 1 % of one core",
            "run_as": how, "compiled_from_source": from_source, "runs": []}

@@ -35,6 +35,9 @@ INCIDENT_TEXT = {"regional_grid_outage": N_("Regional grid outage"), "national_s
                  N_("National service outage"), "office_dark": N_("Office dark"),
                  "generator_failed": N_("Generator failed"), "fuel_low": N_("Fuel low"),
                  "battery_replacement": N_("Battery replacement")}
+# The names every page and fragment may use (texts to translate, and the list's order of states).
+TABLES = {"STATE_TEXT": view.STATE_TEXT, "POWER_TEXT": view.POWER_TEXT, "COMMAND_TEXT": COMMAND_TEXT,
+          "INCIDENT_TEXT": INCIDENT_TEXT, "RANK": view.RANK}
 
 # shown through _() in the templates
 WORDS = (N_("viewer"), N_("operator"), N_("admin"), N_("probable"), N_("open"), N_("confirmed"), N_("closed"))
@@ -53,9 +56,7 @@ def parts(pages: Pages, lang: str, region_acts: Actor | None = None) -> Any:
     """The fragments' macros (``_parts.html``) bound to one language."""
     l10n = pages.l10n(lang)
     return pages.env.get_template("_parts.html").make_module(
-        {"l10n": l10n, "lang": l10n.lang, "langs": LANGS, "now": time.time(), "STATE_TEXT": view.STATE_TEXT,
-         "POWER_TEXT": view.POWER_TEXT, "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT,
-         "RANK": view.RANK})
+        {"l10n": l10n, "lang": l10n.lang, "langs": LANGS, "now": time.time(), **TABLES})
 
 
 def variants(pages: Pages, fn) -> dict[str, Any]:
@@ -156,8 +157,7 @@ def router(coord: Coordinator, read: Reader, pages: Pages, hub: Hub) -> APIRoute
     def common(request: Request, lang: str) -> dict:
         a = actor(request)
         return {"me": a, "csrf": session(request)["csrf"], "path": request.url.path,
-                "query": request.url.query, "STATE_TEXT": view.STATE_TEXT, "POWER_TEXT": view.POWER_TEXT,
-                "COMMAND_TEXT": COMMAND_TEXT, "INCIDENT_TEXT": INCIDENT_TEXT, "RANK": view.RANK, "now": time.time()}
+                "query": request.url.query, "now": time.time(), **TABLES}
 
     def respond(request: Request, name: str, **ctx: Any) -> Response:
         lang = lang_of(request)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from agent_process import AGENT_IMPORTS, compiled_from_source
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,8 +143,8 @@ def test_install_twice_verify_and_uninstall(target: Path, script: Path) -> None:
     # ... and the agent, run as the unit runs it, loads every module from there (none compiled)
     unit_env = ["PYTHONOPTIMIZE=2", "PYTHONPYCACHEPREFIX=/opt/siaga/pycache"]
     loaded = run("chroot", "--userspec=siaga:siaga", target, "env", *unit_env, "/opt/siaga/venv/bin/python", "-v",
-                 "-c", "import agent.cli, agent.runtime, agent.mqtt.link, agent.nut.server, agent.console.service")
-    from_source = [ln for ln in loaded.stderr.splitlines() if ln.startswith("# code object from /")]
+                 "-c", AGENT_IMPORTS)
+    from_source = compiled_from_source(loaded.stderr)
     assert from_source == [], from_source[:10]
     assert "# code object from '/opt/siaga/pycache/" in loaded.stderr
     assert run("chroot", "--userspec=siaga:siaga", target, "env", *unit_env, "/usr/local/bin/siaga", "check-config",

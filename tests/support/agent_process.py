@@ -39,6 +39,17 @@ def unit_python_env() -> dict[str, str]:
     return env
 
 
+# What `siaga run` imports, for checking with `python -v -c AGENT_IMPORTS` that none of it is compiled at start.
+AGENT_IMPORTS = ("import agent.cli, agent.runtime, agent.sim.world, agent.mqtt.link, agent.nut.server, "
+                 "agent.console.service")
+
+
+def compiled_from_source(verbose_stderr: str) -> list[str]:
+    """The lines of ``python -v`` output that name a module compiled from its source: bytecode
+    loaded from a cache is named in quotes (``# code object from '/...pyc'``), a source file without."""
+    return [ln for ln in verbose_stderr.splitlines() if ln.startswith("# code object from /")]
+
+
 def agent_env() -> dict[str, str]:
     """This process's environment for an agent, with the unit's interpreter settings. Bytecode is
     written (as the unit's Python tries to): each module is compiled for ``-OO`` once, not at every
