@@ -131,8 +131,11 @@ class Office:
 class Fleet:
     """Set up (``prepare``), started (``start``) and stopped (``stop``) by the demo's main."""
 
-    def __init__(self, root: Path, api_port: int, say: Callable[[str], None]) -> None:
-        self.root, self.api_port, self.say = root, api_port, say
+    def __init__(self, root: Path, api_port: int, say: Callable[[str], None],
+                 interrupted: Callable[[], None] = lambda: None) -> None:
+        """``interrupted`` raises if the demo has been asked to stop; every wait calls it (through
+        ``check_alive``), so that a Ctrl-C is acted on within a fraction of a second."""
+        self.root, self.api_port, self.say, self.interrupted = root, api_port, say, interrupted
         self.api = Api(api_port)
         registry = yaml.safe_load(REGISTRY.read_text())
         self.offices = {o["id"]: Office(o, root) for o in registry["offices"]}
@@ -269,7 +272,9 @@ class Fleet:
         raise DemoError(f"{what}: not within {timeout:g} s (last: {last!r}){tail}")
 
     def check_alive(self) -> None:
-        """A DemoError naming the first of our processes that has exited, with its log's tail."""
+        """A DemoError naming the first of our processes that has exited, with its log's tail (and
+        first, the demo's stop if a signal has come)."""
+        self.interrupted()
         for c in self.children:
             if not c.alive():
                 raise DemoError(f"{c.name} ({' '.join(c.argv[:3])}...) exited with status {c.proc.returncode}"

@@ -3,6 +3,13 @@ telling the story the project was born from (agent/demo/story.py).
 
 Ctrl-C (SIGINT) or SIGTERM at any moment stops every process the demo started (offices, the
 coordinator, the broker), waits for them, and removes the state directory unless --keep-state.
+
+The signal handler only notes the signal; the demo acts on it at its next safe point (every wait
+of the fleet and the story checks, several times a second). Raising from the handler instead
+would land wherever the main thread happens to be, e.g. between ``subprocess``'s non-blocking
+acquire of a child's wait lock and the ``try`` that releases it: the lock stays held and the
+clean-up's ``Popen.wait()`` then blocks for ever (seen once in CI: SIGTERM during start-up, the
+demo never exited).
 """
 
 from __future__ import annotations
@@ -28,8 +35,20 @@ class Stop(Exception):
         super().__init__(signal.Signals(signum).name)
 
 
-def _raise_stop(signum, frame) -> None:
-    raise Stop(signum)
+class Signals:
+    """SIGINT and SIGTERM as noted by the handler (the first one counts)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def note(self, signum, frame) -> None:  # the handler: no raising, no locks
+        if self.signum is None:
+            self.signum = signum
+
+    def check(self) -> None:
+        """Where the demo can stop safely: a Stop if a signal has come."""
+        if self.signum is not None:
+            raise Stop(self.signum)
 
 
 def _addresses(fleet: Fleet) -> list[tuple[str, str]]:
@@ -66,7 +85,8 @@ def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: b
         print(f"siaga demo: {text}", file=sys.stderr, flush=True)
 
     pace = FAST if fast else NORMAL
-    old = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = Signals()
+    old = {s: signal.signal(s, signals.note) for s in (signal.SIGINT, signal.SIGTERM)}
     root: Path | None = None
     fleet: Fleet | None = None
     rc = 0
@@ -77,8 +97,9 @@ def main(fast: bool = False, keep: bool = False, port: int = 8080, keep_state: b
             "this machine")
         say(f"  (state and logs in {root}: {'kept' if keep_state else 'removed at the end'})")
         say("")
-        fleet = Fleet(root, api_port, lambda line: say("  " + line))
+        fleet = Fleet(root, api_port, lambda line: say("  " + line), signals.check)
         fleet.prepare()
+        signals.check()
         fleet.start()
         say("")
         for label, url in _addresses(fleet):

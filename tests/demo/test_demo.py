@@ -132,6 +132,14 @@ class Demo:
             time.sleep(0.2)
         raise AssertionError(f"{text!r} not printed within {timeout} s:\n{self.output}")
 
+    def exit_code(self, timeout: float) -> int:
+        """The demo's exit status once it has exited; if it has not within ``timeout``, a failure
+        that shows what it printed (and the test's clean-up kills it)."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"siaga demo did not exit within {timeout} s:\n{self.output}") from None
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -248,7 +256,7 @@ def test_ctrl_c_stops_every_process_and_removes_the_state() -> None:
         state = demo.state_dir()
         assert state is not None and state.exists()
         demo.proc.send_signal(signal.SIGINT)  # what the terminal sends to the demo on Ctrl-C
-        assert demo.proc.wait(timeout=60) == 128 + signal.SIGINT
+        assert demo.exit_code(60) == 128 + signal.SIGINT
         demo._reader.join(5)
         assert "SIGINT: stopping every process the demo started" in demo.output
         assert "Every process the demo started has stopped." in demo.output
@@ -271,7 +279,7 @@ def test_sigterm_while_the_fleet_starts_stops_everything() -> None:
             demo.sample_children()
             time.sleep(0.05)
         demo.proc.send_signal(signal.SIGTERM)
-        assert demo.proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert demo.exit_code(60) == 128 + signal.SIGTERM
         demo._reader.join(5)
         assert "SIGTERM: stopping every process the demo started" in demo.output
         assert len(demo.seen_pids) >= 7, demo.seen_pids
