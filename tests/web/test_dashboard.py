@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import time
+import urllib.parse
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -275,10 +277,13 @@ def test_an_operator_confirms_the_regional_incident_with_a_note_from_its_page(ri
     log_in(page, rig, "budi")
     iid = next(i["id"] for i in rig.coord.snapshot["incidents"] if i["kind"] == "regional_grid_outage")
     page.goto(f"{rig.url}/incidents/{iid}")
+    page.wait_for_selector("#live-state.ok")
+    page.evaluate("window.notReloaded = true")
     page.fill("form.incform[data-action=confirm] input[name=note]", "PLN confirms a feeder fault")
     page.click("form.incform[data-action=confirm] button")
-    page.wait_for_selector("dl.facts dd:has-text('budi')", timeout=30_000)  # reloaded: confirmed by budi
+    page.wait_for_selector("dl.facts dd:has-text('budi')", timeout=30_000)  # confirmed by budi
     assert page.locator("form.incform[data-action=confirm]").count() == 0
+    assert page.evaluate("window.notReloaded") is True  # the page's parts fetched again, no reload
     entry = next(e for e in json.loads(page.request.get(f"{rig.url}/api/audit").text())["entries"]
                  if e["action"] == "incident_confirm")
     assert (entry["who"], entry["detail"]) == ("budi", {"id": iid, "note": "PLN confirms a feeder fault"})
@@ -291,3 +296,51 @@ def test_a_regional_operator_acts_only_on_its_region(rig, page):
     assert page.locator("#cmdform").count() == 1
     page.goto(f"{rig.url}/offices/bitung")  # Sulawesi Utara: sees it, cannot act
     assert page.locator("#cmdform").count() == 0 and page.locator("h1").inner_text() == "Kantor Imigrasi Bitung"
+
+
+def test_the_incident_pages_follow_a_close_by_another_operator_live(rig, browser):
+    """Budi watches the incidents list and the regional incident's page; Sari closes it through
+    the API. Both of Budi's pages follow without a reload: the list moves it to Closed, the page
+    says who closed it and drops its forms. A note Budi is typing on a second copy of the page is
+    left alone (the API then says there is no open incident of that id)."""
+    iid = next(i["id"] for i in rig.coord.snapshot["incidents"]
+               if i["kind"] == "regional_grid_outage" and i["status"] != "closed")
+    sari = account(rig.coord.store.path, "sari", "operator")
+    ctx = browser.new_context(locale="en-US")
+    ctx.set_default_timeout(30_000)
+    try:
+        listed, shown, typing = ctx.new_page(), ctx.new_page(), ctx.new_page()
+        log_in(listed, rig, "budi")
+        listed.goto(f"{rig.url}/incidents")
+        for p in (shown, typing):
+            p.goto(f"{rig.url}/incidents/{iid}")
+        for p in (listed, shown, typing):
+            p.wait_for_selector("#live-state.ok")
+            p.evaluate("window.notReloaded = true")
+        link = f"a[href='/incidents/{iid}']"
+        assert listed.locator(f"#incidents-open {link}").count() == 1
+        assert listed.locator(f"#incidents-closed {link}").count() == 0
+        typing.fill("form.incform[data-action=close] input[name=note]", "feeder back, checking")
+
+        req = urllib.request.Request(f"{rig.url}/api/incidents/{urllib.parse.quote(iid)}/close", method="POST",
+                                     data=json.dumps({"note": "PLN restored the feeder"}).encode(),
+                                     headers={"Authorization": f"Bearer {sari}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert json.loads(r.read())["status"] == "closed"
+
+        listed.wait_for_selector(f"#incidents-closed {link}")
+        assert listed.locator(f"#incidents-open {link}").count() == 0
+        assert listed.locator(f"#incidents-closed tr:has({link}) td").nth(3).inner_text() == "closed"
+        shown.wait_for_selector("#incident-facts dd:has-text('sari')")
+        assert shown.locator("#incident-facts b").inner_text() == "closed"
+        assert shown.locator("#incident-actions").count() == 0  # nothing left to do on a closed incident
+        assert "closed by sari: PLN restored the feeder" in shown.locator("#incident-timeline").inner_text()
+        typing.wait_for_selector("#incident-facts dd:has-text('sari')")
+        assert typing.input_value("form.incform[data-action=close] input[name=note]") == "feeder back, checking"
+        typing.click("form.incform[data-action=close] button")
+        typing.wait_for_selector("#incident-actions .msg.error:has-text('no open incident')")
+        for p in (listed, shown, typing):
+            assert p.evaluate("window.notReloaded") is True
+        screenshot(listed, "dashboard-incidents-closed-live")
+    finally:
+        ctx.close()

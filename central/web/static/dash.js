@@ -75,7 +75,7 @@
     } else if (f.classList.contains("incform")) {
       ev.preventDefault();
       api("POST", "/api/incidents/" + encodeURIComponent(f.dataset.id) + "/" + f.dataset.action, { note: f.note.value })
-        .then(function () { location.reload(); }, function (e) { say(f, e.message, true); });
+        .then(function () { f.note.value = ""; refresh(); }, function (e) { say(f, e.message, true); });
     }
   });
 
@@ -95,6 +95,36 @@
               function (e) { say(f, e.message, true); });
     }
   });
+
+  // The incident pages: the parts marked data-refresh are fetched again from the page's own address
+  // when the incidents change (one opened, an office joining, confirmed or closed by anyone), so the
+  // lists and the report stay right without a reload. A part marked data-refresh="idle" (the forms)
+  // is left alone while a note is typed in it, and goes when the server no longer renders it. If
+  // the fetch fails or gives another page (a session that ended: the login page), nothing is
+  // touched and the notice asks for a reload.
+  var refreshing = 0;
+  function refresh() {
+    if (!document.querySelector("[data-refresh][id]")) return;
+    var n = ++refreshing;
+    fetch(location.href, { credentials: "same-origin" }).then(function (r) {
+      if (!r.ok || r.redirected) throw new Error("HTTP " + r.status);
+      return r.text();
+    }).then(function (html) {
+      if (n !== refreshing) return;  // a newer fetch is on its way
+      var doc = new DOMParser().parseFromString(html, "text/html");
+      var parts = document.querySelectorAll("[data-refresh][id]");
+      Array.prototype.forEach.call(parts, function (el) {
+        if (el.dataset.refresh !== "idle" && !doc.getElementById(el.id)) throw new Error("another page");
+      });
+      parts.forEach(function (el) {
+        var fresh = doc.getElementById(el.id);
+        var typing = el.dataset.refresh === "idle" &&
+          Array.prototype.some.call(el.querySelectorAll("input"), function (i) { return i.value; });
+        if (typing) return;
+        if (fresh) el.replaceWith(document.importNode(fresh, true)); else el.remove();
+      });
+    }).catch(function () { var c = document.getElementById("changed"); if (c) c.hidden = false; });
+  }
 
   function live() {
     var root = document.querySelector("[data-live]");
@@ -119,7 +149,7 @@
         if (body) body.insertAdjacentHTML("afterbegin", d.html);
       }
     });
-    on("incidents", function () { var n = document.getElementById("changed"); if (n) n.hidden = false; });
+    on("incidents", refresh);
     es.addEventListener("resync", function () { location.reload(); });
   }
 
