@@ -44,7 +44,7 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     read = Reader(store_path)
     add_api(app, coord, read)
     mount_web(app, coord)  # /public/... (no login) and /static/... (central/web/)
-    pages = dash_pages.make_pages("Asia/Jakarta")
+    pages = dash_pages.make_pages(coord.cfg.public.timezone)  # one zone for every page the coordinator serves
     hub = Hub(dash_pages.LiveRender(pages))
     coord.listeners.append(hub.offer)
     app.include_router(dash_pages.router(coord, read, pages, hub))

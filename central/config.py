@@ -187,7 +187,8 @@ class PublicConfig(_Model):
     # and the broadcast text (never a request's Host header). Required unless api.host is loopback
     # with no proxy in front; without it, http://api.host:api.port
     url: str | None = None
-    timezone: str = "Asia/Jakarta"  # the times the page shows (WIB; Asia/Makassar WITA, Asia/Jayapura WIT)
+    # the times this page and the operators' dashboard show (WIB; Asia/Makassar WITA, Asia/Jayapura WIT)
+    timezone: str = "Asia/Jakarta"
 
     @field_validator("url")
     @classmethod

@@ -5,8 +5,11 @@ counted in /metrics and never stored; commands with their results or "no answer"
 from __future__ import annotations
 
 import json
+import re
 import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import warnings
 
@@ -183,3 +186,25 @@ def test_telemetry_history_in_the_api(rig, broker):
     assert h["means"] == [] and h["mean_bucket_s"] == 300
     v = until("the office view from telemetry", lambda: (v := client.get("/api/offices/pontianak").json())["ups"] and v)
     assert v["ups"]["charge_pct"] == 97.0 and v["load_on"] == "mains"
+
+
+@pytest.mark.parametrize("zone, abbr", [("Asia/Makassar", "WITA"), ("Asia/Jayapura", "WIT")])
+def test_the_dashboard_shows_times_in_the_configured_zone(tmp_path: Path, broker, zone: str, abbr: str):
+    """An operations room in Makassar sets ``public.timezone: Asia/Makassar``: the dashboard's
+    times are then WITA, as the public page's are (it was WIB whatever the config said)."""
+    store = str(tmp_path / "central.db")
+    coord = spawn(load(central_config(tmp_path, broker.port, public={"timezone": zone})), store)
+    o = Office(broker.port, "sambas")
+    try:
+        until("the coordinator connected", lambda: coord.connected)
+        o.status(True)
+        until("sambas reported", lambda: coord.snapshot["offices"]["sambas"]["last_seen"])
+        client = TestClient(make_app(coord, store), headers={"Authorization": f"Bearer {account(store, 'budi')}"})
+        page = client.get("/offices/sambas")
+        assert page.status_code == 200, page.text
+        seen = datetime.fromtimestamp(coord.snapshot["offices"]["sambas"]["last_seen"], ZoneInfo(zone))
+        assert re.search(rf"{seen.hour}[.:]{seen.minute:02d} {abbr}<", page.text)  # 17.30 WITA (id), 17:30 (en)
+        assert " WIB<" not in page.text
+    finally:
+        o.close()
+        coord.stop()
