@@ -4,7 +4,9 @@ operators' dashboard (central/dash/), and the auth layer in front of all of them
 
 from __future__ import annotations
 
+import logging
 import secrets
+import time
 
 from fastapi import FastAPI
 
@@ -17,6 +19,8 @@ from central.dash.login import add_login
 from central.service.coordinator import Coordinator
 from central.store import Store
 from central.web.app import mount as mount_web
+
+log = logging.getLogger("siaga.central")
 
 
 def _users(store_path: str, read: Reader) -> list[dict]:
@@ -49,16 +53,27 @@ def make_app(coord: Coordinator, store_path: str, *, session_secret: bytes | Non
     coord.listeners.append(hub.offer)
     app.include_router(dash_pages.router(coord, read, pages, hub))
     directory = Directory(lambda: _users(store_path, read))
-    sessions = Sessions(session_secret or secrets.token_bytes(32), api.session_hours * 3600)
+    max_age_s = api.session_hours * 3600
+    sessions = Sessions(session_secret or secrets.token_bytes(32), max_age_s,
+                        ended=coord.call(lambda: coord.store.logouts(time.time() - max_age_s)))
     limiter = Limiter(api.login_max_failures, api.login_window_s, api.login_lockout_s)
 
     def audit(who: str, action: str, detail: dict) -> None:
         coord.call(lambda: coord.audit(who, action, detail))
 
+    def logged_out(name: str) -> None:
+        """Void the account's sessions now, and keep that over a restart (with a fixed
+        api.session_secret_file an old cookie would otherwise work again)."""
+        at = sessions.end(name)
+        try:
+            coord.call(lambda: coord.store.save_logout(name, at))
+        except Exception:  # noqa: BLE001 - the store unreachable: the logout holds until a restart
+            log.warning("logout of %s not stored: it holds until the coordinator restarts", name, exc_info=True)
+
     add_login(app, sessions=sessions, directory=directory, limiter=limiter,
               limits={"user": api.login_max_failures, "ip": api.login_max_failures_per_address},
               audit=audit, page=dash_pages.login_page(pages), parallel_checks=api.login_parallel_checks,
-              slowdown_s=api.login_slowdown_s, logged_out=sessions.end)
+              slowdown_s=api.login_slowdown_s, logged_out=logged_out)
     app.add_middleware(AuthMiddleware, sessions=sessions, directory=directory, secure_cookies=api.secure_cookies,
                        max_body_bytes=api.max_body_bytes)
     app.add_middleware(ClientAddress, trusted=api.trusted_proxies)

@@ -65,16 +65,21 @@ def _unb64(s: str) -> bytes:
 class Sessions:
     """Signs and checks session cookies (no server-side session table)."""
 
-    def __init__(self, secret: bytes, max_age_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, secret: bytes, max_age_s: float, clock: Callable[[], float] = time.time,
+                 ended: dict[str, float] | None = None) -> None:
+        """``ended``: the logouts stored before a restart (account -> when), so that a cookie
+        logged out before it stays void after it."""
         if len(secret) < 32:
             raise ValueError("the session secret must have at least 32 bytes")
         self._key = hashlib.sha256(b"siaga-session\0" + secret).digest()
         self.max_age_s, self.clock = max_age_s, clock
-        self._ended: dict[str, float] = {}  # account -> logged out at: sessions issued before are void
+        self._ended: dict[str, float] = dict(ended or {})  # account -> logged out at: sessions issued before are void
 
-    def end(self, name: str) -> None:
-        """Log out: every session of ``name`` issued until now stops working (in memory)."""
-        self._ended[name] = self.clock()
+    def end(self, name: str) -> float:
+        """Log out: every session of ``name`` issued until now stops working at once. Returns when,
+        for the caller to store."""
+        self._ended[name] = at = self.clock()
+        return at
 
     def _sig(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())

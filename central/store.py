@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     n {SERIAL}, at REAL NOT NULL, url TEXT NOT NULL, delivery TEXT NOT NULL,
     data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS logouts (name TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     n {SERIAL}, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
     detail TEXT NOT NULL);
@@ -446,6 +447,15 @@ class Store:
     def user(self, name: str) -> dict | None:
         r = self.x("SELECT data FROM users WHERE name = ?", (name,)).fetchone()
         return None if r is None else json.loads(r["data"])
+
+    def save_logout(self, name: str, at: float) -> None:
+        """``name`` logged out at ``at``: its sessions signed until then stay void after a restart
+        (central/auth.py Sessions)."""
+        self.x("INSERT INTO logouts VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET at = excluded.at", (name, at))
+
+    def logouts(self, since: float) -> dict[str, float]:
+        """Account -> last logout, for logouts after ``since`` (older ones void only expired sessions)."""
+        return {r["name"]: r["at"] for r in self.x("SELECT name, at FROM logouts WHERE at > ?", (since,))}
 
     # ------------------------------------------------------------------ webhooks --------------
     def add_delivery(self, d: dict) -> None:

@@ -307,3 +307,26 @@ def test_x_forwarded_for_is_believed_from_a_trusted_proxy_only_and_the_socket_is
     assert r.status_code == 401
     rows = until("the audit", lambda: [e for e in coord.call(lambda: coord.store.audit_log()) if e["who"] == "proxied"])
     assert rows[0]["detail"] == {"address": "203.0.113.9", "via": "testclient"}
+
+
+def test_a_logged_out_cookie_stays_void_after_a_restart(site):
+    """With a fixed ``api.session_secret_file`` a cookie survives a restart of the coordinator
+    (good: operators stay logged in). A cookie that was logged out must not come back with it:
+    the logout is stored, and the restarted web app starts with it."""
+    coord, _, db, _, _ = site
+    secret = b"s" * 32
+    account(db, "lina", "operator")
+    before = browser(make_app(coord, db, session_secret=secret))
+    assert log_in(before, "lina").status_code == 303
+    cookie = before.cookies["siaga_session"]
+    assert before.post("/logout", headers={"X-CSRF-Token": session_csrf(before)}).status_code == 303
+    after = browser(make_app(coord, db, session_secret=secret))
+    assert log_in(after, "lina").status_code == 303
+
+    restarted = make_app(coord, db, session_secret=secret)  # the same secret and store: a restart
+    replay = browser(restarted)
+    replay.cookies.set("siaga_session", cookie)
+    assert replay.get("/api/me").status_code == 401
+    fresh = browser(restarted)
+    fresh.cookies.set("siaga_session", after.cookies["siaga_session"])
+    assert fresh.get("/api/me").json()["name"] == "lina"  # logging in again after the logout works

@@ -79,3 +79,14 @@ def test_an_office_cannot_suppress_another_offices_event_by_reusing_its_id(store
     assert add(s, "sambas", e) == [True]
     assert add(s, "singkawang", e) == [True]  # stored for each office
     assert add(s, "sambas", e) == [False]
+
+
+def test_a_logout_is_kept_once_per_account_and_read_back_since_a_time(store_url):
+    s = Store(store_url)
+    s.save_logout("lina", T0)
+    s.save_logout("budi", T0 + 10)
+    s.save_logout("lina", T0 + 20)  # a later logout replaces the earlier one
+    s.commit()
+    ro = Store(store_url, readonly=True)
+    assert ro.logouts(T0 - 1) == {"lina": T0 + 20, "budi": T0 + 10}
+    assert ro.logouts(T0 + 15) == {"lina": T0 + 20}  # older ones only void sessions already expired
