@@ -102,7 +102,9 @@ def test_ready_heartbeats_and_a_stuck_core(tmp_path: Path, monkeypatch: pytest.M
         agent.until("four heartbeats", lambda: len(listener.times("WATCHDOG", t0)) >= 4, timeout=30)
         beats = listener.times("WATCHDOG", t_ready)
         gaps = [b - a for a, b in zip(beats, beats[1:])]
-        assert min(gaps) > PERIOD_S * 0.8, gaps  # not faster than asked
+        # not faster than asked: on average a period apart, and no two close together (the times
+        # are when this process read them: a late read shortens the next gap, hence the room)
+        assert sum(gaps) / len(gaps) > PERIOD_S * 0.8 and min(gaps) > PERIOD_S * 0.4, gaps
         assert max(gaps) < WATCHDOG_S, gaps  # and never late enough for systemd to kill
 
         # A stuck core: heartbeats stop within one period.

@@ -485,6 +485,7 @@ class UpsSimulator:
         self.received.append(c)
         if c == "Y":
             self._smart = True
+            self._check_alerts()  # the starting point: a change after the SM reply is an alert
             self._apc_line("SM")
             return b""
         if self._smart:
@@ -575,20 +576,31 @@ def main(argv: list[str] | None = None) -> int:
     sim = UpsSimulator(source, protocol=args.protocol, link_path=args.link,
                        ratings=UpsRatings(per_cell=args.per_cell),
                        on_command=plant_command_handler(plant, lambda: max(plant.t, now()), lock))
-    stop = threading.Event()
+    # SIGTERM stops the simulator. The handler raises only while the main thread waits for a
+    # line (or for the signal): raised in the middle of a control (vanish, reappear, the plant's
+    # lock) it could leave a lock held and the clean-up waiting for ever; there it is only noted,
+    # and the loop ends after that control.
+    term = {"noted": False, "waiting": False}
 
     def on_term(signum: int, frame: Any) -> None:
-        stop.set()
-        raise SystemExit(0)
+        term["noted"] = True
+        if term["waiting"]:
+            raise SystemExit(0)
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         print(sim.port + (f" {args.link}" if args.link else ""), flush=True)
-        while not stop.is_set():
-            line = sys.stdin.readline()
-            if not line:  # stdin closed: run until SIGTERM
-                stop.wait()
-                break
+        while not term["noted"]:
+            term["waiting"] = True
+            try:
+                if term["noted"]:  # came just before the flag was up
+                    break
+                line = sys.stdin.readline()
+                if not line:  # stdin closed: run until SIGTERM
+                    while True:
+                        signal.pause()
+            finally:
+                term["waiting"] = False
             words = line.split()
             if not words:
                 continue

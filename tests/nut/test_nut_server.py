@@ -237,9 +237,10 @@ def test_real_upsmon_primary_and_secondary_shut_down_on_fsd(rig):
     require_nut_clients()
     r = rig()
     r.src.vars["ups.status"] = "OL"
-    with Upsmon("127.0.0.1", r.port, "ups", "mon", "monpass", role="primary") as prim, \
+    # HOSTSYNC 30: the primary waits that long for the secondary to log out, a busy machine included
+    with Upsmon("127.0.0.1", r.port, "ups", "mon", "monpass", role="primary", hostsync=30) as prim, \
             Upsmon("127.0.0.1", r.port, "ups", "sec", "secpass", role="secondary") as sec:
-        wait_until(lambda: r.server.numlogins() == 2, 15, "both upsmons to log in")
+        wait_until(lambda: r.server.numlogins() == 2, 30, "both upsmons to log in")
         assert {(c["username"], c["logged_in"], c["primary"]) for c in r.server.clients()} == {
             ("mon", True, True), ("sec", True, False)}
         wait_polled(r.server, "mon", 6)  # a few polls on line: nothing happens
@@ -247,10 +248,10 @@ def test_real_upsmon_primary_and_secondary_shut_down_on_fsd(rig):
         assert not prim.shut_down and not sec.shut_down
         t0 = time.time()
         r.server.set_fsd(True)
-        t_sec = sec.wait_shutdown(timeout=15)
-        t_prim = prim.wait_shutdown(timeout=15)
+        t_sec = sec.wait_shutdown(timeout=40)
+        t_prim = prim.wait_shutdown(timeout=40)
         # the secondary goes first; the primary waits for it to log out (NUMLOGINS <= 1)
-        assert t0 < t_sec <= t_prim < t0 + 10
+        assert t0 < t_sec <= t_prim < t0 + 40
         sec.wait_notified("FSD")
         prim.wait_notified("SHUTDOWN")
     fsd = [i for k, i in r.events if k == "nut_fsd_by_client"]
@@ -573,14 +574,15 @@ def test_a_connection_that_never_logs_in_is_closed_after_the_prelogin_timeout(ri
 
 
 def test_wrong_passwords_lock_the_address_out_with_a_growing_time_and_an_alarm(rig):
-    r = rig(auth_failures_before_lockout=3, auth_lockout_s=1.0)
+    # 5 s: the refusal of the right password below must come while the lockout lasts, on a busy machine too
+    r = rig(auth_failures_before_lockout=3, auth_lockout_s=5.0)
     for _ in range(3):
         c = r.client()
         assert c.cmd("USERNAME mon") == ["OK"] and c.cmd("PASSWORD guess") == ["OK"]
         assert c.cmd("LOGIN ups") == ["ERR ACCESS-DENIED"]
         c.close()
     lock = [i for k, i in r.events if k == "nut_auth_lockout"]
-    assert lock and lock[0]["lockout_s"] == 1.0
+    assert lock and lock[0]["lockout_s"] == 5.0
     assert ("alarm", {"name": "nut_password_guessing", "active": True}) in r.events
     c = r.client()  # even the right password is refused, without a check, while locked out
     assert c.cmd("USERNAME mon") == ["OK"] and c.cmd("PASSWORD monpass") == ["OK"]
@@ -588,11 +590,15 @@ def test_wrong_passwords_lock_the_address_out_with_a_growing_time_and_an_alarm(r
     assert any(k == "nut_access_denied" and i.get("reason") == "address locked out" for k, i in r.events)
     end = time.monotonic() + 30
     while True:  # after the lockout the right password works again
-        c = r.client()
-        c.cmd("USERNAME mon")
-        c.cmd("PASSWORD monpass")
-        if c.cmd("LOGIN ups") == ["OK"]:
-            break
+        try:
+            c = r.client()
+            c.cmd("USERNAME mon")
+            c.cmd("PASSWORD monpass")
+            if c.cmd("LOGIN ups") == ["OK"]:
+                break
+            c.close()
+        except OSError:
+            pass  # refused at once while locked out
         assert time.monotonic() < end, "the lockout never ended"
         time.sleep(0.2)
     def fail_until_locked(n: int) -> None:
@@ -609,9 +615,9 @@ def test_wrong_passwords_lock_the_address_out_with_a_growing_time_and_an_alarm(r
             c.close()
             time.sleep(0.05)  # the guesser's pace
 
-    fail_until_locked(2)  # the good login reset the count: a fresh 1 s lockout
+    fail_until_locked(2)  # the good login reset the count: a fresh 5 s lockout
     fail_until_locked(3)  # no success in between: twice as long
-    assert [i["lockout_s"] for k, i in r.events if k == "nut_auth_lockout"] == [1.0, 1.0, 2.0]
+    assert [i["lockout_s"] for k, i in r.events if k == "nut_auth_lockout"] == [5.0, 5.0, 10.0]
 
 
 def test_idle_clients_are_closed(rig):
@@ -630,7 +636,9 @@ def test_idle_clients_are_closed(rig):
 
 
 def test_a_client_that_never_reads_does_not_stall_the_others(rig, monkeypatch):
-    monkeypatch.setattr(nut_server, "_SEND_STALL_S", 1.0)
+    # a reader stalled this long is dropped; a server that blocked on it would hold the other
+    # client about as long, far beyond the bound below (which a busy machine stays well under)
+    monkeypatch.setattr(nut_server, "_SEND_STALL_S", 10.0)
     r = rig()
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
@@ -639,7 +647,7 @@ def test_a_client_that_never_reads_does_not_stall_the_others(rig, monkeypatch):
     flood = b"LIST VAR ups\n" * 3000  # each line asks for ~250 bytes it will never read
     sent, worst, polls = 0, 0.0, 0
     other = r.client()
-    end = time.monotonic() + 20.0
+    end = time.monotonic() + 60.0
     while time.monotonic() < end and not any(k == "nut_dropped" for k in r.kinds()):
         try:
             sent += stalled.send(flood)
@@ -652,7 +660,7 @@ def test_a_client_that_never_reads_does_not_stall_the_others(rig, monkeypatch):
     assert [i for k, i in r.events if k == "nut_dropped"] == [
         {"address": "127.0.0.1", "user": None, "reason": "slow_reader"}]
     assert sent > 100_000 and polls > 20  # it really sent without reading, for a while
-    assert worst < 0.5, f"another client's GET VAR took {worst:.3f} s"
+    assert worst < 5.0, f"another client's GET VAR took {worst:.3f} s"
     assert other.cmd("NETVER") == ["1.3"]
     stalled.close()
 

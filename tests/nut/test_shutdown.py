@@ -5,6 +5,7 @@ real pty to the UPS simulator driven by the simulated plant. Time is the sequenc
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 
@@ -15,8 +16,12 @@ from agent.nut.auth import hash_password
 from agent.nut.server import NutServer
 from agent.sim.plant import Plant
 from agent.nut.shutdown import ShutdownSequencer, nut_data
-from agent.ups.link import UpsLink
+from agent.ups.link import UpsLink, open_port
 from agent.sim.ups_sim import UpsSimulator, plant_command_handler
+
+# the simulator runs in this process: on a busy machine its reply may come later than a real
+# UPS's 1 s (REPLY_TIMEOUT_S); a reply is read as soon as it is there, so waiting longer costs nothing
+PATIENT = functools.partial(open_port, timeout=10.0)
 
 
 def free_port() -> int:
@@ -58,7 +63,7 @@ class Rig:
         self.saved: list[dict] = []
         self.known: list[dict] = []  # the known NUT clients as saved
         cfg = ShutdownConfig(**dict({"max_client_wait_s": 180, "ups_return_delay_s": 0}, **(shutdown or {})))
-        self.link = UpsLink(self.sim.port, "megatec", lambda e: None, off_delay_s=int(cfg.ups_off_delay_s),
+        self.link = UpsLink(self.sim.port, "megatec", lambda e: None, opener=PATIENT, off_delay_s=int(cfg.ups_off_delay_s),
                             return_delay_s=int(cfg.ups_return_delay_s),
                             journal=lambda n, d: self.journal.append((n, d)), monotonic=lambda: self.t)
         users = [{"name": n, "password_hash": hash_password("pw"), "role": r}

@@ -13,6 +13,7 @@ import yaml
 
 from agent import wire
 from nut_helpers import free_port
+from waiting import until  # noqa: F401 - the tests import it from here too
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,21 +65,6 @@ class Office:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
-
-
-def until(what: str, fn, timeout: float = 30.0, every: float = 0.05):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        try:
-            last = fn()
-        except Exception as e:  # noqa: BLE001 - shown if it never works
-            last = e
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")
 
 
 PASSWORD = "correct horse battery"
