@@ -590,10 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         print(sim.port + (f" {args.link}" if args.link else ""), flush=True)
-        while not term["noted"]:
+        while True:
             term["waiting"] = True
             try:
-                if term["noted"]:  # came just before the flag was up
+                if term["noted"]:  # during the last control, or just before the flag was up
                     break
                 line = sys.stdin.readline()
                 if not line:  # stdin closed: run until SIGTERM

@@ -113,9 +113,10 @@
       if (n !== refreshing) return;  // a newer fetch is on its way
       var doc = new DOMParser().parseFromString(html, "text/html");
       var parts = document.querySelectorAll("[data-refresh][id]");
-      Array.prototype.forEach.call(parts, function (el) {
-        if (el.dataset.refresh !== "idle" && !doc.getElementById(el.id)) throw new Error("another page");
+      var lost = Array.prototype.some.call(parts, function (el) {
+        return el.dataset.refresh !== "idle" && !doc.getElementById(el.id);
       });
+      if (lost) throw new Error("another page");
       parts.forEach(function (el) {
         var fresh = doc.getElementById(el.id);
         var typing = el.dataset.refresh === "idle" &&
